@@ -1,0 +1,240 @@
+"""The evaluation protocol: what an evaluator pre-registers, loaded from TOML and checked.
+
+The protocol is data, not code: changing a site, an outcome or the estimator means
+editing `evaluation.toml`, never the pipeline. It is validated at load against
+`protocol_schema.json` so a typo fails loudly with the key that is wrong and the values
+that would be allowed, before any data is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from datetime import date
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from transforms.months import add_months, month_range, parse_month
+
+
+class ProtocolError(ValueError):
+    """The protocol file breaks the schema or a rule between its parts."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    id: str
+    label: str
+    measure: str
+    per_population: int = 1000
+    primary: bool = False
+
+
+@dataclass(frozen=True)
+class Site:
+    id: str
+    name: str
+    model_type: str
+    go_live: date
+    areas: tuple[str, ...]
+    announced: date | None = None
+    nhse_vanguard_number: int | None = None
+    patient_level: bool = False
+
+
+@dataclass(frozen=True)
+class Comparison:
+    pool: str
+    matches_per_area: int
+    match_on: tuple[str, ...]
+    matching_outcome: str
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    start: date
+    end: date
+    pre_period_months: int
+    outcomes: tuple[Outcome, ...]
+    comparison: Comparison
+    estimator: str
+    alpha: float
+    inference: str
+    cluster: str
+    sites: tuple[Site, ...]
+    sha256: str
+
+    @property
+    def months(self) -> list[date]:
+        """Every month of the study window, first days, in order."""
+        return month_range(self.start, self.end)
+
+    @property
+    def site_areas(self) -> dict[str, str]:
+        """Map of area code to the site it belongs to."""
+        return {area: site.id for site in self.sites for area in site.areas}
+
+    @property
+    def primary_outcome(self) -> Outcome:
+        return next((o for o in self.outcomes if o.primary), self.outcomes[0])
+
+    def site(self, site_id: str) -> Site:
+        for site in self.sites:
+            if site.id == site_id:
+                return site
+        known = ", ".join(s.id for s in self.sites)
+        raise ProtocolError(f"unknown site '{site_id}'; the protocol has: {known}")
+
+    def outcome(self, outcome_id: str) -> Outcome:
+        for outcome in self.outcomes:
+            if outcome.id == outcome_id:
+                return outcome
+        known = ", ".join(o.id for o in self.outcomes)
+        raise ProtocolError(f"unknown outcome '{outcome_id}'; the protocol has: {known}")
+
+    def subset(self, site_ids: list[str]) -> Protocol:
+        """The same protocol restricted to some sites (for ad-hoc and test runs)."""
+        sites = tuple(self.site(s) for s in site_ids)
+        return Protocol(**{**self.__dict__, "sites": sites})
+
+
+def _schema() -> dict[str, Any]:
+    text = resources.files("transforms").joinpath("protocol_schema.json").read_text()
+    return json.loads(text)
+
+
+def _error_path(error: jsonschema.ValidationError) -> str:
+    parts: list[str] = []
+    for part in error.absolute_path:
+        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+    return "".join(parts).lstrip(".") or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One sentence naming the key, what is wrong, and what is allowed."""
+    where = _error_path(error)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "enum":
+        allowed = ", ".join(json.dumps(v) for v in schema["enum"])
+        return f"{where}: {error.instance!r} is not allowed; allowed values: {allowed}"
+    if error.validator == "additionalProperties":
+        allowed = ", ".join(sorted(schema.get("properties", {})))
+        return f"{where}: {error.message}; allowed keys: {allowed}"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    if error.validator == "pattern":
+        return f"{where}: {error.instance!r} does not match the required format {schema['pattern']}"
+    return f"{where}: {error.message}"
+
+
+def validate_document(doc: dict[str, Any], source: str = "protocol") -> None:
+    """Check a parsed protocol against the schema and the rules between its parts."""
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n  ".join(_describe(e) for e in errors)
+        raise ProtocolError(f"{source} breaks the protocol schema:\n  {lines}")
+    _check_cross_rules(doc, source)
+
+
+def _check_cross_rules(doc: dict[str, Any], source: str) -> None:
+    start = parse_month(doc["study"]["start"])
+    end = parse_month(doc["study"]["end"])
+    pre = doc["study"]["pre_period_months"]
+    problems: list[str] = []
+    if start >= end:
+        problems.append(f"study.start {doc['study']['start']} must be before study.end")
+    outcome_ids = [o["id"] for o in doc["outcomes"]]
+    if len(set(outcome_ids)) != len(outcome_ids):
+        problems.append(f"outcomes: ids must be unique, got {outcome_ids}")
+    if sum(bool(o.get("primary")) for o in doc["outcomes"]) > 1:
+        problems.append("outcomes: at most one outcome may be primary")
+    if doc["comparison"]["matching_outcome"] not in outcome_ids:
+        problems.append(
+            f"comparison.matching_outcome: {doc['comparison']['matching_outcome']!r} is not "
+            f"an outcome id; allowed values: {', '.join(outcome_ids)}"
+        )
+    seen_ids: set[str] = set()
+    owner: dict[str, str] = {}
+    for i, site in enumerate(doc["sites"]):
+        key = f"sites[{i}]"
+        if site["id"] in seen_ids:
+            problems.append(f"{key}.id: duplicate site id {site['id']!r}")
+        seen_ids.add(site["id"])
+        go_live = parse_month(site["go_live"])
+        if go_live < add_months(start, pre) or go_live > end:
+            problems.append(
+                f"{key}.go_live: {site['go_live']} must leave {pre} pre-period months after "
+                f"study.start and fall on or before study.end ({doc['study']['end']})"
+            )
+        for area in site["areas"]:
+            if area in owner:
+                problems.append(f"{key}.areas: {area} already belongs to site {owner[area]!r}")
+            owner[area] = site["id"]
+    if problems:
+        raise ProtocolError(f"{source} is inconsistent:\n  " + "\n  ".join(problems))
+
+
+def _build(doc: dict[str, Any], digest: str) -> Protocol:
+    study = doc["study"]
+    comparison = doc["comparison"]
+    return Protocol(
+        name=study["name"],
+        start=parse_month(study["start"]),
+        end=parse_month(study["end"]),
+        pre_period_months=study["pre_period_months"],
+        outcomes=tuple(Outcome(**o) for o in doc["outcomes"]),
+        comparison=Comparison(
+            pool=comparison["pool"],
+            matches_per_area=comparison["matches_per_area"],
+            match_on=tuple(comparison["match_on"]),
+            matching_outcome=comparison["matching_outcome"],
+        ),
+        estimator=doc["estimator"]["model"],
+        alpha=doc["estimator"].get("alpha", 0.05),
+        inference=doc["inference"]["method"],
+        cluster=doc["inference"].get("cluster", "area"),
+        sites=tuple(
+            Site(
+                id=s["id"],
+                name=s["name"],
+                model_type=s["model_type"],
+                go_live=parse_month(s["go_live"]),
+                areas=tuple(s["areas"]),
+                announced=date.fromisoformat(s["announced"]) if "announced" in s else None,
+                nhse_vanguard_number=s.get("nhse_vanguard_number"),
+                patient_level=s.get("patient_level", False),
+            )
+            for s in doc["sites"]
+        ),
+        sha256=digest,
+    )
+
+
+def parse_protocol(text: str, source: str = "protocol") -> Protocol:
+    """Parse and validate protocol TOML text."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProtocolError(f"{source} is not valid TOML: {exc}") from exc
+    validate_document(doc, source)
+    return _build(doc, hashlib.sha256(text.encode()).hexdigest())
+
+
+def load_protocol(path: str | Path) -> Protocol:
+    """Read, validate and return the protocol at `path`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProtocolError(f"protocol file {path} does not exist")
+    return parse_protocol(path.read_text(encoding="utf-8"), source=str(path))
+
+
+def default_protocol_path() -> Path:
+    """The demo protocol shipped at the project root."""
+    return Path(__file__).resolve().parent.parent / "evaluation.toml"
