@@ -1,0 +1,56 @@
+# Two entry points: `make demo` (the whole pipeline through Airflow) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+SEED ?= 2015
+DEMO_DIR := demo
+OUT_DIR := out
+
+export AIRFLOW_HOME := $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__UNIT_TEST_MODE := False
+export GX_ANALYTICS_ENABLED := False
+export MPLBACKEND := Agg
+
+.PHONY: demo test install install-dev lock clean
+
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.installed: requirements.lock setup.cfg | $(BIN)/uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@
+
+$(VENV)/.installed-dev: requirements-dev.lock setup.cfg | $(BIN)/uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements-dev.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+$(AIRFLOW_HOME)/airflow.db: | $(VENV)/.installed
+	$(BIN)/airflow db migrate > /dev/null
+
+demo: install $(AIRFLOW_HOME)/airflow.db
+	rm -rf $(DEMO_DIR) $(OUT_DIR)
+	$(BIN)/vanguard demo-data --out $(DEMO_DIR) --seed $(SEED)
+	$(BIN)/airflow dags test vanguard_nightly \
+	  --conf '{"db": "$(CURDIR)/$(DEMO_DIR)/vanguard.duckdb", "landing": "$(CURDIR)/$(DEMO_DIR)/landing", "out": "$(CURDIR)/$(OUT_DIR)", "protocol": "$(CURDIR)/evaluation.toml"}' \
+	  > $(DEMO_DIR)/airflow.log 2>&1 || { tail -50 $(DEMO_DIR)/airflow.log; exit 1; }
+	$(BIN)/vanguard status --db $(DEMO_DIR)/vanguard.duckdb --out $(OUT_DIR) --truth $(DEMO_DIR)/truth.json
+
+test: install-dev $(AIRFLOW_HOME)/airflow.db
+	$(BIN)/python -m pytest
+
+lock: | $(BIN)/uv
+	$(BIN)/uv pip compile setup.cfg --generate-hashes --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile setup.cfg --extra dev --generate-hashes --python-version 3.11 -o requirements-dev.lock
+
+clean:
+	rm -rf $(DEMO_DIR) $(OUT_DIR) $(AIRFLOW_HOME)
