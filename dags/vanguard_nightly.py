@@ -101,27 +101,27 @@ def vanguard_nightly():
         return [site.id for site in _settings()["protocol_obj"].sites]
 
     @task(**WRITER)
-    def evaluate_site(site_id: str, run_id: str) -> str:
+    def evaluate_site(site_id: str, evaluation_run: str) -> str:
         from pathlib import Path
 
         from transforms.pipeline import fit_step, match_step
 
         s = _settings()
         match_step(Path(s["db"]), s["protocol_obj"], site_id)
-        fit_step(Path(s["db"]), s["protocol_obj"], site_id, run_id)
+        fit_step(Path(s["db"]), s["protocol_obj"], site_id, evaluation_run)
         return site_id
 
     @task
-    def finish_run(run_id: str, sites: list[str]) -> str:
+    def finish_run(evaluation_run: str, sites: list[str]) -> str:
         from pathlib import Path
 
         from transforms.pipeline import finish_run
 
-        finish_run(Path(_settings()["db"]), run_id)
-        return run_id
+        finish_run(Path(_settings()["db"]), evaluation_run)
+        return evaluation_run
 
     @task
-    def publish_reports(run_id: str) -> str:
+    def publish_reports(evaluation_run: str) -> str:
         from pathlib import Path
 
         from reports import render_reports
@@ -134,7 +134,7 @@ def vanguard_nightly():
     ingested = ingest.expand(source_id=discover_sources())
     panel = build_panel()
     run_id >> ingested >> panel
-    evaluated = evaluate_site.partial(run_id=run_id).expand(site_id=site_ids())
+    evaluated = evaluate_site.partial(evaluation_run=run_id).expand(site_id=site_ids())
     panel >> evaluated
     publish_reports(finish_run(run_id, evaluated))
 
