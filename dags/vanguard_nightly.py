@@ -71,7 +71,8 @@ def vanguard_nightly():
 
         from transforms.pipeline import sources_in
 
-        return sorted(sources_in(Path(_settings()["landing"])))
+        s = _settings()
+        return sorted(sources_in(Path(s["landing"]), s["protocol_obj"]))
 
     @task(**WRITER)
     def ingest(source_id: str) -> dict:
@@ -81,11 +82,17 @@ def vanguard_nightly():
 
         s = _settings()
         db = Path(s["db"])
-        files = sources_in(Path(s["landing"]))[source_id]
+        files = sources_in(Path(s["landing"]), s["protocol_obj"])[source_id]
         report = ingest_source(db, s["protocol_obj"], source_id, files, db.parent / "quarantine")
         if report.errors:
             raise RuntimeError("quarantined:\n" + "\n".join(report.errors))
         return {"source_id": source_id, "files": len(report.outcomes)}
+
+    @task
+    def all_files_accepted(loaded: list[dict]) -> int:
+        """A leaf that fails (upstream_failed) when any file was quarantined, so the run
+        shows as failed while the panel, models and reports still use what loaded."""
+        return len(loaded)
 
     @task(trigger_rule="all_done")
     def build_panel() -> int:
@@ -134,6 +141,7 @@ def vanguard_nightly():
     ingested = ingest.expand(source_id=discover_sources())
     panel = build_panel()
     run_id >> ingested >> panel
+    all_files_accepted(ingested)
     evaluated = evaluate_site.partial(evaluation_run=run_id).expand(site_id=site_ids())
     panel >> evaluated
     publish_reports(finish_run(run_id, evaluated))

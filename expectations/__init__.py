@@ -1,0 +1,51 @@
+"""Data-quality suites for the vanguard evaluation tables, built in code with Great Expectations.
+
+One module per table (``stg_aggregate``, ``stg_episodes``, ``area_month_panel``) builds its
+suite; ``validate`` runs a suite on a pandas DataFrame and returns plain results that can be
+stored in the warehouse. ``contract`` holds the column names, codes and patterns. Great
+Expectations itself is imported on the first validation, so importing this package is cheap.
+"""
+
+from expectations.area_month_panel import validate_panel
+from expectations.contract import (
+    ADMIMETH_CODES,
+    AREA_CODE_PATTERN,
+    AREA_MONTH_PANEL,
+    EMERGENCY_ADMIMETH,
+    ICD10_PATTERN,
+    MEASURES,
+    PATIENT_ID_PATTERN,
+    SEX_CODES,
+    STG_AGGREGATE,
+    STG_EPISODES,
+    is_emergency_admission,
+    is_mental_health_diagnosis,
+    months_in_window,
+    study_window,
+)
+from expectations.stg_aggregate import validate_aggregate
+from expectations.stg_episodes import validate_episodes
+from expectations.validate import CheckFailure, ValidationResult, validate_in_chunks
+
+__all__ = [
+    "ADMIMETH_CODES",
+    "AREA_CODE_PATTERN",
+    "AREA_MONTH_PANEL",
+    "EMERGENCY_ADMIMETH",
+    "ICD10_PATTERN",
+    "MEASURES",
+    "PATIENT_ID_PATTERN",
+    "SEX_CODES",
+    "STG_AGGREGATE",
+    "STG_EPISODES",
+    "CheckFailure",
+    "ValidationResult",
+    "is_emergency_admission",
+    "is_mental_health_diagnosis",
+    "months_in_window",
+    "study_window",
+    "validate_aggregate",
+    "validate_episodes",
+    "validate_in_chunks",
+    "validate_panel",
+]

@@ -31,7 +31,7 @@ def load_report_data(db: Path) -> dict[str, pl.DataFrame]:
     tables = {
         "runs": "SELECT * FROM runs ORDER BY started_at DESC LIMIT 1",
         "sites": "SELECT * FROM sites ORDER BY model_type, name",
-        "results": "SELECT * FROM model_results ORDER BY site_id, outcome",
+        "results": "SELECT * FROM model_results ORDER BY site_id, outcome_order",
         "series": "SELECT * FROM model_series ORDER BY site_id, outcome, month",
         "comparators": "SELECT * FROM comparison_areas ORDER BY site_id, treated_area, rank",
         "files": (
@@ -68,19 +68,20 @@ def render_site(env: Environment, data: dict[str, pl.DataFrame], site: dict,
                 provenance: dict) -> str:
     """One site's page: headline, estimates, plots, comparators, data quality, methods."""
     results = _result_rows(data["results"], site["site_id"])
+    site_series = data["series"].filter(pl.col("site_id") == site["site_id"])
+    panels = [
+        (row["outcome_label"], site_series.filter(pl.col("outcome") == row["outcome"]))
+        for row in results
+    ]
     figures = []
-    for row in results:
-        series = data["series"].filter(
-            (pl.col("site_id") == site["site_id"]) & (pl.col("outcome") == row["outcome"])
-        )
-        if series.height:
-            figures.append({
-                "src": plots.observed_vs_counterfactual(series, site["go_live"],
-                                                        row["outcome_label"]),
-                "alt": f"{row['outcome_label']} per 1,000 population per month for "
-                       f"{site['name']}, observed and modelled without the new care model, "
-                       "with matched comparison areas",
-            })
+    if site_series.height:
+        labels = ", ".join(label.lower() for label, _ in panels)
+        figures.append({
+            "src": plots.observed_vs_counterfactual(panels, site["go_live"]),
+            "alt": f"Monthly rates per 1,000 population of {labels} for {site['name']}: "
+                   "observed, modelled without the new care model, and in matched "
+                   "comparison areas, with the go-live month marked",
+        })
     files = data["files"].filter(pl.col("source_id") == site["site_id"]).to_dicts()
     comparators = data["comparators"].filter(pl.col("site_id") == site["site_id"]).to_dicts()
     return env.get_template("site.html").render(
@@ -92,7 +93,7 @@ def render_site(env: Environment, data: dict[str, pl.DataFrame], site: dict,
 def render_index(env: Environment, data: dict[str, pl.DataFrame], provenance: dict) -> str:
     """Programme page: forest plot of the primary outcome and a table of every estimate."""
     joined = data["results"].join(data["sites"], on="site_id", how="inner")
-    outcomes = joined["outcome"].unique(maintain_order=True).to_list()
+    outcomes = joined.sort("outcome_order")["outcome"].unique(maintain_order=True).to_list()
     forests = []
     for outcome in outcomes:
         rows = joined.filter(pl.col("outcome") == outcome).sort(["model_type", "name"]).to_dicts()
@@ -102,7 +103,7 @@ def render_index(env: Environment, data: dict[str, pl.DataFrame], provenance: di
             "alt": f"Forest plot of the percentage change in {label.lower()} for each site "
                    "with 95% confidence intervals, grouped by model type",
         })
-    table = joined.sort(["model_type", "name", "outcome"]).to_dicts()
+    table = joined.sort(["model_type", "name", "outcome_order"]).to_dicts()
     quarantined = data["files"].filter(pl.col("status") == "quarantined").to_dicts()
     return env.get_template("index.html").render(
         sites=data["sites"].to_dicts(), table=table, forests=forests,

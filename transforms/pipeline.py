@@ -52,9 +52,19 @@ def start_run(db: Path, protocol: Protocol, orchestrator: str, run_id: str | Non
     return run_id
 
 
-def finish_run(db: Path, run_id: str, status: str = "success") -> None:
-    """Close the run with the hash of the data it used (the loaded files' hashes)."""
+def finish_run(db: Path, run_id: str) -> str:
+    """Close the run with the hash of the data it used (the loaded files' hashes).
+
+    The run is 'partial' when any file was quarantined while it ran, so a board paper
+    built on it says that some data were refused.
+    """
     with warehouse.connect(db) as con, warehouse.transaction(con):
+        refused = con.execute(
+            "SELECT count(*) FROM provenance p, runs r WHERE r.run_id = ? "
+            "AND p.status = 'quarantined' AND p.loaded_at >= r.started_at",
+            [run_id],
+        ).fetchone()[0]
+        status = "partial" if refused else "success"
         hashes = con.execute(
             "SELECT sha256 FROM provenance WHERE status = 'loaded' ORDER BY sha256"
         ).fetchall()
@@ -63,6 +73,7 @@ def finish_run(db: Path, run_id: str, status: str = "success") -> None:
             "UPDATE runs SET finished_at = ?, status = ?, data_sha256 = ? WHERE run_id = ?",
             [now(), status, data_sha, run_id],
         )
+    return status
 
 
 # -- stages --------------------------------------------------------------------------
@@ -105,10 +116,17 @@ def ingest_source(
     return IngestReport(outcomes, errors)
 
 
-def sources_in(landing: Path) -> dict[str, list[Path]]:
-    """Landing files grouped by source id."""
+def sources_in(landing: Path, protocol: Protocol) -> dict[str, list[Path]]:
+    """Landing files grouped by source id, leaving out sites excluded from this run.
+
+    Unknown sources stay in, so that ingest rejects them loudly.
+    """
+    skipped = {site.id for site in protocol.excluded_sites}
     grouped: dict[str, list[Path]] = {}
     for source_id, path in landing_files(landing):
+        if source_id in skipped:
+            log.info("%s: site not in this run, %s left for a later run", source_id, path)
+            continue
         grouped.setdefault(source_id, []).append(path)
     return grouped
 
@@ -122,7 +140,7 @@ def build_panel_step(db: Path, protocol: Protocol) -> int:
         "SELECT s.source_id, s.area_code, s.month, s.measure, s.count, s.population, "
         "p.extract_date, p.event_id FROM stg_aggregate s JOIN provenance p USING (event_id)",
     )
-    current = select_current(staged, protocol.site_areas)
+    current = select_current(staged, protocol.vanguard_areas)
     panel = build_panel(current, protocol.outcomes, protocol.months)
     missing_sites = sorted(a for a in protocol.site_areas if a not in set(panel["area_code"]))
     if missing_sites:
@@ -149,7 +167,7 @@ def build_panel_step(db: Path, protocol: Protocol) -> int:
 
 def comparison_pool(panel_areas: list[str], protocol: Protocol) -> list[str]:
     """Areas eligible as comparators: those in no vanguard site."""
-    vanguard = set(protocol.site_areas)
+    vanguard = set(protocol.vanguard_areas)
     return sorted(a for a in panel_areas if a not in vanguard)
 
 
@@ -186,17 +204,17 @@ def fit_step(db: Path, protocol: Protocol, site_id: str, run_id: str) -> pl.Data
         "WHERE list_contains(?, area_code)",
         [areas],
     )
-    rows, series = [], []
-    for outcome in protocol.outcomes:
+    rows, series, warnings = [], [], set()
+    ordered = sorted(protocol.outcomes, key=lambda o: not o.primary)
+    for order, outcome in enumerate(ordered):
         data = panel.filter(pl.col("outcome") == outcome.id)
         fit = fit_poisson_did(data, list(site.areas), site.go_live, protocol.alpha)
         pre, post = pre_post_rates(data, list(site.areas), site.go_live)
         est = fit.estimate.to_dict()
-        for warning in fit.estimate.warnings:
-            log.warning("%s %s: %s", site_id, outcome.id, warning)
+        warnings.update(fit.estimate.warnings)
         rows.append({
             "site_id": site_id, "outcome": outcome.id, "outcome_label": outcome.label,
-            "measure": outcome.measure,
+            "measure": outcome.measure, "outcome_order": order,
             "estimator": est["estimator"], "inference": est["inference"],
             "log_rate_ratio": est["log_rate_ratio"], "se": est["se"], "df": est["df"],
             "p_value": est["p_value"], "rate_ratio": est["rate_ratio"],
@@ -210,6 +228,8 @@ def fit_step(db: Path, protocol: Protocol, site_id: str, run_id: str) -> pl.Data
         series.append(fit.series.with_columns(
             pl.lit(site_id).alias("site_id"), pl.lit(outcome.id).alias("outcome")
         ))
+    for warning in sorted(warnings):
+        log.warning("%s: %s", site_id, warning)
     results = pl.DataFrame(rows)
     with warehouse.connect(db) as con, warehouse.transaction(con):
         warehouse.replace_rows(con, "model_results", results, "site_id = ?", [site_id])
@@ -244,12 +264,12 @@ def run_pipeline(
     record_sites(db, protocol)
     load_reference(db, landing)
     errors: list[str] = []
-    for source_id, files in sources_in(landing).items():
+    for source_id, files in sources_in(landing, protocol).items():
         errors.extend(ingest_source(db, protocol, source_id, files, quarantine_dir).errors)
     build_panel_step(db, protocol)
     for site in protocol.sites:
         match_step(db, protocol, site.id)
         fit_step(db, protocol, site.id, run_id)
-    finish_run(db, run_id, "success" if not errors else "partial")
+    finish_run(db, run_id)
     render_reports(db, out)
     return run_id, errors

@@ -69,6 +69,7 @@ class Protocol:
     cluster: str
     sites: tuple[Site, ...]
     sha256: str
+    excluded_sites: tuple[Site, ...] = ()
 
     @property
     def months(self) -> list[date]:
@@ -77,8 +78,13 @@ class Protocol:
 
     @property
     def site_areas(self) -> dict[str, str]:
-        """Map of area code to the site it belongs to."""
+        """Map of area code to the site it belongs to, for the sites in this run."""
         return {area: site.id for site in self.sites for area in site.areas}
+
+    @property
+    def vanguard_areas(self) -> dict[str, str]:
+        """Every vanguard area, including sites left out of this run: never comparators."""
+        return {area: site.id for site in self.sites + self.excluded_sites for area in site.areas}
 
     @property
     def primary_outcome(self) -> Outcome:
@@ -99,9 +105,14 @@ class Protocol:
         raise ProtocolError(f"unknown outcome '{outcome_id}'; the protocol has: {known}")
 
     def subset(self, site_ids: list[str]) -> Protocol:
-        """The same protocol restricted to some sites (for ad-hoc and test runs)."""
+        """The same protocol restricted to some sites (for ad-hoc and test runs).
+
+        The other sites are kept as `excluded_sites`: their areas are still vanguard areas,
+        so they never become comparators, and their extracts are skipped, not rejected.
+        """
         sites = tuple(self.site(s) for s in site_ids)
-        return Protocol(**{**self.__dict__, "sites": sites})
+        excluded = tuple(s for s in self.sites + self.excluded_sites if s.id not in site_ids)
+        return Protocol(**{**self.__dict__, "sites": sites, "excluded_sites": excluded})
 
 
 def _schema() -> dict[str, Any]:

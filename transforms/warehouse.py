@@ -112,6 +112,7 @@ CREATE TABLE IF NOT EXISTS model_results (
     outcome             VARCHAR NOT NULL,
     outcome_label       VARCHAR NOT NULL,
     measure             VARCHAR NOT NULL,
+    outcome_order       INTEGER NOT NULL,
     estimator           VARCHAR NOT NULL,
     inference           VARCHAR NOT NULL,
     log_rate_ratio      DOUBLE NOT NULL,

@@ -34,11 +34,14 @@ def test_task_ids_and_wiring(dagbag):
     dag = dagbag.dags["vanguard_nightly"]
     assert set(dag.task_ids) == {
         "start_run", "discover_sources", "ingest", "build_panel", "site_ids",
-        "evaluate_site", "finish_run", "publish_reports",
+        "evaluate_site", "finish_run", "publish_reports", "all_files_accepted",
     }
     assert dag.get_task("build_panel").upstream_task_ids == {"ingest"}
     assert "build_panel" in dag.get_task("evaluate_site").upstream_task_ids
     assert dag.get_task("publish_reports").upstream_task_ids == {"finish_run"}
+    gate = dag.get_task("all_files_accepted")
+    assert gate.upstream_task_ids == {"ingest"} and gate.trigger_rule == "all_success"
+    assert dag.get_task("build_panel").trigger_rule == "all_done"
     assert "vanguard" in dag.tags and dag.catchup is False and dag.max_active_runs == 1
 
 

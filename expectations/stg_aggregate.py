@@ -1,0 +1,111 @@
+"""Expectation suite for stg_aggregate: monthly event counts per area and measure.
+
+These counts feed the difference-in-differences model directly, so the suite guards what
+the model silently relies on: one row per (area, month, measure), months inside the study
+window, non-negative counts and a plausible population for the log offset.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from expectations.contract import (
+    AREA_CODE_PATTERN,
+    MEASURES,
+    POPULATION_MAX,
+    STG_AGGREGATE,
+    study_window,
+)
+from expectations.validate import (
+    ValidationResult,
+    check_first_of_month,
+    import_gx,
+    run_suite,
+)
+
+if TYPE_CHECKING:
+    import great_expectations as gx
+
+CONTRACT = STG_AGGREGATE
+
+
+def build_suite(*, start: date, end: date) -> gx.ExpectationSuite:
+    """The GX suite for stg_aggregate over the study window ``start``..``end`` (whole months).
+
+    ``month`` must be a datetime64 column here; ``validate_aggregate`` converts Python dates.
+    """
+    gx = import_gx()
+    gxe = gx.expectations
+    first, after = study_window(start, end)
+    columns = list(CONTRACT.column_names)
+    key = list(CONTRACT.key)
+    expectations = [
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=columns,
+            exact_match=True,
+            description=f"columns must be exactly {', '.join(columns)}",
+        ),
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=1, description="the table must not be empty (an empty load is a failure)"
+        ),
+        *[
+            gxe.ExpectColumnValuesToNotBeNull(
+                column=c.name, description=f"{c.name} must not be null"
+            )
+            for c in CONTRACT.columns
+        ],
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=key,
+            description=f"({', '.join(key)}) must be unique: one count per area, month, measure",
+        ),
+        gxe.ExpectColumnValuesToMatchRegex(
+            column="area_code",
+            regex=AREA_CODE_PATTERN,
+            description=f"area_code must match {AREA_CODE_PATTERN}",
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="month",
+            min_value=pd.Timestamp(first),
+            max_value=pd.Timestamp(after),
+            strict_max=True,
+            description=(
+                f"month must lie in the study window {first:%Y-%m} to {end:%Y-%m} (inclusive)"
+            ),
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="measure",
+            value_set=list(MEASURES),
+            description=f"measure must be one of {', '.join(MEASURES)}",
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="count",
+            min_value=0,
+            description="count must be >= 0 (a count of events cannot be negative)",
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="population",
+            min_value=0,
+            strict_min=True,
+            max_value=POPULATION_MAX,
+            description=(
+                f"population must be > 0 and <= {POPULATION_MAX:,} "
+                "(it is the model's log offset and the rate denominator)"
+            ),
+        ),
+    ]
+    return gx.ExpectationSuite(
+        name=f"{CONTRACT.name}[{first:%Y-%m}..{end:%Y-%m}]", expectations=expectations
+    )
+
+
+def validate_aggregate(df: pd.DataFrame, *, start: date, end: date) -> ValidationResult:
+    """Validate one frame of stg_aggregate against the contract and the study window."""
+    return run_suite(
+        df,
+        CONTRACT,
+        lambda _prepared: build_suite(start=start, end=end),
+        extra_checks=[check_first_of_month("month")],
+    )
