@@ -173,6 +173,6 @@ def pre_post_rates(frame: pl.DataFrame, treated: list[str], go_live: date) -> tu
     post = site.filter(pl.col("month") >= go_live)
 
     def rate(part: pl.DataFrame) -> float:
-        return float(part["count"].sum() / part["population"].sum() * 1000)
+        return 1000.0 * float(part["count"].sum()) / float(part["population"].sum())
 
     return rate(pre), rate(post)

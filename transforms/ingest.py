@@ -107,7 +107,9 @@ def read_raw(path: Path) -> pl.DataFrame:
         raise IngestError(f"{path}: cannot be read as UTF-8 CSV: {exc}") from exc
 
 
-def cast_columns(raw: pl.DataFrame, contract: dict[str, type[pl.DataType]], path: Path) -> pl.DataFrame:
+def cast_columns(
+    raw: pl.DataFrame, contract: dict[str, type[pl.DataType]], path: Path
+) -> pl.DataFrame:
     """Cast text columns to the contract's types, naming the first bad value of each column."""
     problems: list[str] = []
     typed: dict[str, pl.Series] = {}
@@ -206,8 +208,8 @@ def _record(
         con.execute(
             "INSERT INTO validation_results VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                event_id, outcome.path, validation["suite"], validation["success"], validation["evaluated"],
-                json.dumps(validation, default=str), now,
+                event_id, outcome.path, validation["suite"], validation["success"],
+                validation["evaluated"], json.dumps(validation, default=str), now,
             ],
         )
     return event_id

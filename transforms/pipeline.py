@@ -59,11 +59,11 @@ def finish_run(db: Path, run_id: str) -> str:
     built on it says that some data were refused.
     """
     with warehouse.connect(db) as con, warehouse.transaction(con):
-        refused = con.execute(
+        (refused,) = con.execute(
             "SELECT count(*) FROM provenance p, runs r WHERE r.run_id = ? "
             "AND p.status = 'quarantined' AND p.loaded_at >= r.started_at",
             [run_id],
-        ).fetchone()[0]
+        ).fetchone() or (0,)
         status = "partial" if refused else "success"
         hashes = con.execute(
             "SELECT sha256 FROM provenance WHERE status = 'loaded' ORDER BY sha256"
@@ -204,7 +204,9 @@ def fit_step(db: Path, protocol: Protocol, site_id: str, run_id: str) -> pl.Data
         "WHERE list_contains(?, area_code)",
         [areas],
     )
-    rows, series, warnings = [], [], set()
+    rows: list[dict] = []
+    series: list[pl.DataFrame] = []
+    warnings: set[str] = set()
     ordered = sorted(protocol.outcomes, key=lambda o: not o.primary)
     for order, outcome in enumerate(ordered):
         data = panel.filter(pl.col("outcome") == outcome.id)

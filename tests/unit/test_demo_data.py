@@ -164,7 +164,11 @@ def test_aggregate_has_one_row_per_area_month_measure(demo: Path, small: Protoco
         expected_areas = (
             sorted(small.site(group).areas)
             if group != "comparison"
-            else [f"A{i:03d}" for i in range(1, N_AREAS + 1) if f"A{i:03d}" not in small.vanguard_areas]
+            else [
+                code
+                for code in (f"A{i:03d}" for i in range(1, N_AREAS + 1))
+                if code not in small.vanguard_areas
+            ]
         )
         assert sorted(frame["area_code"].unique().to_list()) == expected_areas
         assert frame.height == len(expected_areas) * len(months) * len(MEASURES)

@@ -7,7 +7,11 @@ from transforms.months import add_months, month_range, months_between, parse_mon
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("2015-03", date(2015, 3, 1)), ("2015-03-01", date(2015, 3, 1)), (" 2019-12 ", date(2019, 12, 1))],
+    [
+        ("2015-03", date(2015, 3, 1)),
+        ("2015-03-01", date(2015, 3, 1)),
+        (" 2019-12 ", date(2019, 12, 1)),
+    ],
 )
 def test_parse_month(text, expected):
     assert parse_month(text) == expected

@@ -2,9 +2,8 @@ from datetime import date
 
 import pytest
 
-from transforms.protocol import ProtocolError, parse_protocol
-
 from tests.conftest import ROOT, SHARED_REFERENCE
+from transforms.protocol import ProtocolError, parse_protocol
 
 
 def _text() -> str:
