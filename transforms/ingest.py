@@ -18,6 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
+from expectations.validate import ValidationResult
 from transforms import warehouse
 from transforms.protocol import Protocol
 from transforms.version import code_version
@@ -160,7 +161,7 @@ def check_source(source_id: str, protocol: Protocol) -> None:
         )
 
 
-def validate_typed(frame: pl.DataFrame, kind: str, protocol: Protocol, path: Path):
+def validate_typed(frame: pl.DataFrame, kind: str, protocol: Protocol) -> ValidationResult:
     """Run the Great Expectations suite for this kind of file."""
     from expectations import validate_aggregate, validate_episodes
 
@@ -226,7 +227,7 @@ def ingest_file(
     db, path = Path(db), Path(path)
     sha = sha256_of(path)
     extract = extract_date_of(path)
-    if already_loaded(db, source_id, sha) if db.exists() else False:
+    if db.exists() and already_loaded(db, source_id, sha):
         log.info("%s: already loaded for %s (sha256 %s), skipped", path, source_id, sha[:12])
         return IngestOutcome(source_id, str(path), "", sha, "skipped", 0, 0, 0, "already loaded")
 
@@ -240,7 +241,7 @@ def ingest_file(
         kind = detect_kind(raw.columns, path)
         typed = cast_columns(raw, CONTRACTS[kind], path)
         check_areas(typed, source_id, protocol, path)
-        result = validate_typed(typed, kind, protocol, path)
+        result = validate_typed(typed, kind, protocol)
         validation = result.to_dict()
         if not result.success:
             raise IngestError(f"{path}: failed validation\n{result.summary()}")
