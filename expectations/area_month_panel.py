@@ -20,9 +20,11 @@ from expectations.validate import (
     ExtraCheck,
     ValidationResult,
     check_first_of_month,
+    count_expectation,
     import_gx,
     make_failure,
     run_suite,
+    table_expectations,
 )
 
 if TYPE_CHECKING:
@@ -40,22 +42,10 @@ def build_suite(*, n_months: int, n_areas: int, n_outcomes: int) -> gx.Expectati
     """
     gx = import_gx()
     gxe = gx.expectations
-    columns = list(CONTRACT.column_names)
     key = list(CONTRACT.key)
     n_rows = n_areas * n_outcomes * n_months
     expectations = [
-        gxe.ExpectTableColumnsToMatchSet(
-            column_set=columns,
-            exact_match=True,
-            description=f"columns must be exactly {', '.join(columns)}",
-        ),
-        gxe.ExpectTableRowCountToBeBetween(min_value=1, description="the panel must not be empty"),
-        *[
-            gxe.ExpectColumnValuesToNotBeNull(
-                column=c.name, description=f"{c.name} must not be null"
-            )
-            for c in CONTRACT.columns
-        ],
+        *table_expectations(gx, CONTRACT),
         gxe.ExpectCompoundColumnsToBeUnique(
             column_list=key,
             description=f"({', '.join(key)}) must be unique: one row per area, month, outcome",
@@ -78,11 +68,7 @@ def build_suite(*, n_months: int, n_areas: int, n_outcomes: int) -> gx.Expectati
             regex=AREA_CODE_PATTERN,
             description=f"area_code must match {AREA_CODE_PATTERN}",
         ),
-        gxe.ExpectColumnValuesToBeBetween(
-            column="count",
-            min_value=0,
-            description="count must be >= 0 (a count of events cannot be negative)",
-        ),
+        count_expectation(gx),
         gxe.ExpectColumnValuesToBeBetween(
             column="population",
             min_value=0,

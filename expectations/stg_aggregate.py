@@ -22,8 +22,10 @@ from expectations.contract import (
 from expectations.validate import (
     ValidationResult,
     check_first_of_month,
+    count_expectation,
     import_gx,
     run_suite,
+    table_expectations,
 )
 
 if TYPE_CHECKING:
@@ -40,23 +42,9 @@ def build_suite(*, start: date, end: date) -> gx.ExpectationSuite:
     gx = import_gx()
     gxe = gx.expectations
     first, after = study_window(start, end)
-    columns = list(CONTRACT.column_names)
     key = list(CONTRACT.key)
     expectations = [
-        gxe.ExpectTableColumnsToMatchSet(
-            column_set=columns,
-            exact_match=True,
-            description=f"columns must be exactly {', '.join(columns)}",
-        ),
-        gxe.ExpectTableRowCountToBeBetween(
-            min_value=1, description="the table must not be empty (an empty load is a failure)"
-        ),
-        *[
-            gxe.ExpectColumnValuesToNotBeNull(
-                column=c.name, description=f"{c.name} must not be null"
-            )
-            for c in CONTRACT.columns
-        ],
+        *table_expectations(gx, CONTRACT),
         gxe.ExpectCompoundColumnsToBeUnique(
             column_list=key,
             description=f"({', '.join(key)}) must be unique: one count per area, month, measure",
@@ -80,11 +68,7 @@ def build_suite(*, start: date, end: date) -> gx.ExpectationSuite:
             value_set=list(MEASURES),
             description=f"measure must be one of {', '.join(MEASURES)}",
         ),
-        gxe.ExpectColumnValuesToBeBetween(
-            column="count",
-            min_value=0,
-            description="count must be >= 0 (a count of events cannot be negative)",
-        ),
+        count_expectation(gx),
         gxe.ExpectColumnValuesToBeBetween(
             column="population",
             min_value=0,

@@ -24,7 +24,7 @@ from expectations.contract import (
     STG_EPISODES,
     study_window,
 )
-from expectations.validate import ValidationResult, import_gx, run_suite
+from expectations.validate import ValidationResult, import_gx, run_suite, table_expectations
 
 if TYPE_CHECKING:
     import great_expectations as gx
@@ -40,24 +40,9 @@ def build_suite(*, start: date, end: date) -> gx.ExpectationSuite:
     gx = import_gx()
     gxe = gx.expectations
     first, after = study_window(start, end)
-    columns = list(CONTRACT.column_names)
     admimeth = sorted(ADMIMETH_CODES)
     expectations = [
-        gxe.ExpectTableColumnsToMatchSet(
-            column_set=columns,
-            exact_match=True,
-            description=f"columns must be exactly {', '.join(columns)}",
-        ),
-        gxe.ExpectTableRowCountToBeBetween(
-            min_value=1, description="the table must not be empty (an empty load is a failure)"
-        ),
-        *[
-            gxe.ExpectColumnValuesToNotBeNull(
-                column=c.name, description=f"{c.name} must not be null"
-            )
-            for c in CONTRACT.columns
-            if not c.nullable
-        ],
+        *table_expectations(gx, CONTRACT),
         gxe.ExpectColumnValuesToMatchRegex(
             column="patient_id",
             regex=PATIENT_ID_PATTERN,

@@ -45,6 +45,39 @@ ExtraCheck = Callable[[pd.DataFrame], "list[CheckFailure]"]
 SuiteFactory = Callable[[pd.DataFrame], "gx.ExpectationSuite"]
 
 
+def table_expectations(gx_module: Any, contract: TableContract) -> list:
+    """Rules every table shares: exactly the contract's columns, at least one row, and no
+    nulls in the columns the contract says are required."""
+    gxe = gx_module.expectations
+    columns = list(contract.column_names)
+    return [
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=columns,
+            exact_match=True,
+            description=f"columns must be exactly {', '.join(columns)}",
+        ),
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=1, description="the table must not be empty (an empty load is a failure)"
+        ),
+        *[
+            gxe.ExpectColumnValuesToNotBeNull(
+                column=c.name, description=f"{c.name} must not be null"
+            )
+            for c in contract.columns
+            if not c.nullable
+        ],
+    ]
+
+
+def count_expectation(gx_module: Any) -> Any:
+    """Counts of events cannot be negative (aggregate extracts and the panel alike)."""
+    return gx_module.expectations.ExpectColumnValuesToBeBetween(
+        column="count",
+        min_value=0,
+        description="count must be >= 0 (a count of events cannot be negative)",
+    )
+
+
 # --- results -------------------------------------------------------------------------------
 
 
