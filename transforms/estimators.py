@@ -37,6 +37,7 @@ class DidEstimate:
     n_comparison_areas: int
     estimator: str = "poisson_twfe"
     inference: str = "cluster_robust_area_t"
+    inference_reason: str = "sandwich errors clustered by area allow serial correlation"
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
     @property

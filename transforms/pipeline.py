@@ -218,6 +218,8 @@ def fit_step(db: Path, protocol: Protocol, site_id: str, run_id: str) -> pl.Data
             "site_id": site_id, "outcome": outcome.id, "outcome_label": outcome.label,
             "measure": outcome.measure, "outcome_order": order,
             "estimator": est["estimator"], "inference": est["inference"],
+            "inference_reason": est["inference_reason"],
+            "warnings": "; ".join(est["warnings"]),
             "log_rate_ratio": est["log_rate_ratio"], "se": est["se"], "df": est["df"],
             "p_value": est["p_value"], "rate_ratio": est["rate_ratio"],
             "pct_change": est["pct_change"], "pct_ci_low": est["pct_ci_low"],

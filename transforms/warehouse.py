@@ -115,6 +115,8 @@ CREATE TABLE IF NOT EXISTS model_results (
     outcome_order       INTEGER NOT NULL,
     estimator           VARCHAR NOT NULL,
     inference           VARCHAR NOT NULL,
+    inference_reason    VARCHAR NOT NULL,
+    warnings            VARCHAR NOT NULL,
     log_rate_ratio      DOUBLE NOT NULL,
     se                  DOUBLE NOT NULL,
     df                  INTEGER NOT NULL,
