@@ -7,9 +7,9 @@ Admissions are counts over populations, so the model is log-linear in the rate:
 with area effects alpha_a, month effects gamma_t and D_at = 1 for a site's areas from
 go-live on. exp(beta) is the rate ratio. The Poisson quasi-likelihood stays consistent
 under over-dispersion; standard errors are cluster-robust by area (every month of an
-area shares a cluster) and confidence intervals use a t distribution with G - 1 degrees
-of freedom, G the number of areas, because few clusters make normal critical values
-too narrow.
+area shares a cluster) with t intervals on G - 1 degrees of freedom, G the number of
+areas, or, for sites with few treated areas, come from placebo-in-space permutation
+(see transforms/inference.py).
 """
 
 from __future__ import annotations
@@ -22,27 +22,38 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from transforms.inference import (
+    FEW_TREATED,
+    PlaceboInference,
+    choose_inference,
+    invert_placebos,
+    placebo_estimates,
+)
+
 
 @dataclass(frozen=True)
 class DidEstimate:
-    """One site-outcome estimate as plain data, ready for a table, JSON or a plot."""
+    """One site-outcome estimate as plain data, ready for a table, JSON or a plot.
+
+    The interval is on the log rate-ratio scale; `inference` names how it was obtained and
+    `inference_reason` says why that method suits this design.
+    """
 
     log_rate_ratio: float
     se: float
-    df: int
+    ci_low_log: float
+    ci_high_log: float
     p_value: float
     alpha: float
     n_obs: int
     n_treated_areas: int
     n_comparison_areas: int
+    df: int
+    inference: str
+    inference_reason: str
+    n_placebo: int = 0
     estimator: str = "poisson_twfe"
-    inference: str = "cluster_robust_area_t"
-    inference_reason: str = "sandwich errors clustered by area allow serial correlation"
     warnings: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def critical_value(self) -> float:
-        return float(stats.t.ppf(1 - self.alpha / 2, self.df))
 
     @property
     def rate_ratio(self) -> float:
@@ -55,10 +66,9 @@ class DidEstimate:
     @property
     def pct_ci(self) -> tuple[float, float]:
         """Confidence interval for the percentage change (transformed from the log scale)."""
-        half = self.critical_value * self.se
         return (
-            100.0 * (math.exp(self.log_rate_ratio - half) - 1.0),
-            100.0 * (math.exp(self.log_rate_ratio + half) - 1.0),
+            100.0 * (math.exp(self.ci_low_log) - 1.0),
+            100.0 * (math.exp(self.ci_high_log) - 1.0),
         )
 
     def to_dict(self) -> dict:
@@ -93,13 +103,54 @@ def _design(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x, area_idx, month_idx
 
 
+def wide(frame: pl.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Areas, counts and log populations as areas x months arrays, and the months.
+
+    The panel is balanced (validated upstream), so a reshape is enough.
+    """
+    data = frame.sort(["area_code", "month"])
+    areas = data["area_code"].unique(maintain_order=True).to_list()
+    n_months = data.height // len(areas)
+    if n_months * len(areas) != data.height:
+        raise ValueError("placebo inference needs a balanced panel (every area, every month)")
+    y = data["count"].to_numpy().astype(float).reshape(len(areas), n_months)
+    log_e = np.log(data["population"].to_numpy().astype(float)).reshape(len(areas), n_months)
+    return areas, y, log_e, data["month"].to_numpy()[:n_months]
+
+
+def _placebo_inference(
+    frame: pl.DataFrame, donors: pl.DataFrame, treated: list[str], go_live: date,
+    beta: float, alpha: float, seed: int,
+) -> PlaceboInference:
+    extra = donors.filter(~pl.col("area_code").is_in(frame["area_code"].unique().to_list()))
+    both = pl.concat([frame.select(donors.columns), extra])
+    areas, y, log_e, months = wide(both)
+    row = {area: i for i, area in enumerate(areas)}
+    controls = [row[a] for a in frame["area_code"].unique().to_list() if a not in treated]
+    donor_rows = [row[a] for a in donors["area_code"].unique().sort().to_list()
+                  if a not in treated]
+    post = (months >= np.datetime64(go_live)).astype(float)
+    placebos = placebo_estimates(y, log_e, post, len(treated), sorted(controls), donor_rows,
+                                 seed=seed)
+    return invert_placebos(beta, placebos, alpha)
+
+
 def fit_poisson_did(
-    frame: pl.DataFrame, treated_areas: list[str], go_live: date, alpha: float = 0.05
+    frame: pl.DataFrame,
+    treated_areas: list[str],
+    go_live: date,
+    alpha: float = 0.05,
+    donors: pl.DataFrame | None = None,
+    seed: int = 0,
+    method: str = "auto",
 ) -> DidFit:
     """Fit the two-way fixed-effects Poisson DiD on one site's areas and comparators.
 
     `frame` has columns area_code, month, count, population for the site's areas and its
-    comparison areas over the study window.
+    comparison areas over the study window. `donors`, in the same shape, are comparable
+    areas where nothing happened; with few treated areas they give placebo-in-space
+    inference in place of cluster-robust errors. `method` is "auto" (let the design
+    decide), "cluster_robust" or "placebo_in_space".
     """
     import statsmodels.api as sm
 
@@ -118,29 +169,35 @@ def fit_poisson_did(
     n_clusters = int(area_idx.max()) + 1
     beta, se = float(result.params[0]), float(result.bse[0])
     df = n_clusters - 1
-    p_value = float(2 * stats.t.sf(abs(beta / se), df)) if se > 0 else float("nan")
-    n_treated = len(set(treated_areas) & set(data["area_code"].to_list()))
-    warnings = []
-    if n_treated < 5:
-        warnings.append(
-            f"only {n_treated} treated area(s): cluster-robust standard errors are known to "
-            "understate uncertainty when few clusters are treated; read the interval as a "
-            "lower bound on the uncertainty"
-        )
+    treated = sorted(set(treated_areas) & set(data["area_code"].to_list()))
+    n_donors = 0 if donors is None else donors.filter(
+        ~pl.col("area_code").is_in(treated))["area_code"].n_unique()
+    choice = choose_inference(len(treated), _possible_draws(n_donors, len(treated)), method)
+    warnings: list[str] = []
+    if choice.method == "placebo_in_space" and donors is not None:
+        placebo = _placebo_inference(data, donors, treated, go_live, beta, alpha, seed)
+        low, high, p_value, spread = placebo.ci_low, placebo.ci_high, placebo.p_value, placebo.se
+        n_placebo = placebo.n_placebo
+    else:
+        half = float(stats.t.ppf(1 - alpha / 2, df)) * se
+        low, high, spread, n_placebo = beta - half, beta + half, se, 0
+        p_value = float(2 * stats.t.sf(abs(beta / se), df)) if se > 0 else float("nan")
+        if len(treated) <= FEW_TREATED:
+            warnings.append(choice.reason)
     estimate = DidEstimate(
-        log_rate_ratio=beta,
-        se=se,
-        df=df,
-        p_value=p_value,
-        alpha=alpha,
-        n_obs=data.height,
-        n_treated_areas=n_treated,
-        n_comparison_areas=n_clusters - n_treated,
-        warnings=tuple(warnings),
+        log_rate_ratio=beta, se=spread, ci_low_log=low, ci_high_log=high, p_value=p_value,
+        alpha=alpha, n_obs=data.height, n_treated_areas=len(treated),
+        n_comparison_areas=n_clusters - len(treated), df=df, inference=choice.method,
+        inference_reason=choice.reason, n_placebo=n_placebo, warnings=tuple(warnings),
     )
     linear = x @ result.params + offset
     counterfactual = np.exp(linear - beta * x[:, 0])
     return DidFit(estimate, _series(data, counterfactual, treated_areas))
+
+
+def _possible_draws(n_donors: int, k: int) -> int:
+    """How many distinct placebo sets of size k the donors allow."""
+    return math.comb(n_donors, k) if n_donors >= k else 0
 
 
 def _series(data: pl.DataFrame, counterfactual: np.ndarray, treated: list[str]) -> pl.DataFrame:

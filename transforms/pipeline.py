@@ -20,7 +20,7 @@ import polars as pl
 from transforms import warehouse
 from transforms.estimators import fit_poisson_did, pre_post_rates
 from transforms.ingest import IngestError, IngestOutcome, ingest_file, landing_files
-from transforms.matching import match_site
+from transforms.matching import match_site, nearest_neighbours, pre_period_features
 from transforms.panel import build_panel, incomplete_areas, select_current
 from transforms.protocol import Protocol
 from transforms.version import code_version
@@ -189,6 +189,21 @@ def match_step(db: Path, protocol: Protocol, site_id: str) -> pl.DataFrame:
     return matched
 
 
+def placebo_donors(db: Path, protocol: Protocol, site_id: str) -> list[str]:
+    """Non-vanguard areas most like the site before go-live, to serve as placebos."""
+    site = protocol.site(site_id)
+    rule = protocol.comparison
+    panel = warehouse.query(
+        db, "SELECT * FROM area_month_panel WHERE outcome = ?", [rule.matching_outcome]
+    )
+    pool = comparison_pool(panel["area_code"].unique().to_list(), protocol)
+    features = pre_period_features(panel, rule.matching_outcome, site.go_live,
+                                   protocol.pre_period_months)
+    k = min(protocol.placebo_donors, len(pool))
+    nearest = nearest_neighbours(features, list(site.areas), pool, rule.match_on, k)
+    return sorted(set(nearest["area_code"].to_list()))
+
+
 def fit_step(db: Path, protocol: Protocol, site_id: str, run_id: str) -> pl.DataFrame:
     """Fit every outcome's DiD model for one site and store estimates and plot series."""
     site = protocol.site(site_id)
@@ -197,21 +212,27 @@ def fit_step(db: Path, protocol: Protocol, site_id: str, run_id: str) -> pl.Data
     )["area_code"].to_list()
     if not comparators:
         raise PipelineError(f"{site_id}: no comparison areas; run the matching step first")
-    areas = list(site.areas) + comparators
+    donors = placebo_donors(db, protocol, site_id)
+    areas = sorted(set(site.areas) | set(comparators) | set(donors))
     panel = warehouse.query(
         db,
         "SELECT area_code, month, outcome, count, population FROM area_month_panel "
         "WHERE list_contains(?, area_code)",
         [areas],
     )
+    in_model = pl.col("area_code").is_in(list(site.areas) + comparators)
     rows: list[dict] = []
     series: list[pl.DataFrame] = []
     warnings: set[str] = set()
     ordered = sorted(protocol.outcomes, key=lambda o: not o.primary)
     for order, outcome in enumerate(ordered):
         data = panel.filter(pl.col("outcome") == outcome.id)
-        fit = fit_poisson_did(data, list(site.areas), site.go_live, protocol.alpha)
-        pre, post = pre_post_rates(data, list(site.areas), site.go_live)
+        fit = fit_poisson_did(
+            data.filter(in_model), list(site.areas), site.go_live, protocol.alpha,
+            donors=data.filter(pl.col("area_code").is_in(donors)), seed=protocol.seed,
+            method=protocol.inference,
+        )
+        pre, post = pre_post_rates(data.filter(in_model), list(site.areas), site.go_live)
         est = fit.estimate.to_dict()
         warnings.update(fit.estimate.warnings)
         rows.append({
@@ -224,6 +245,7 @@ def fit_step(db: Path, protocol: Protocol, site_id: str, run_id: str) -> pl.Data
             "p_value": est["p_value"], "rate_ratio": est["rate_ratio"],
             "pct_change": est["pct_change"], "pct_ci_low": est["pct_ci_low"],
             "pct_ci_high": est["pct_ci_high"], "n_obs": est["n_obs"],
+            "n_placebo": est["n_placebo"],
             "n_treated_areas": est["n_treated_areas"],
             "n_comparison_areas": est["n_comparison_areas"],
             "pre_rate_per_1000": pre, "post_rate_per_1000": post,

@@ -69,6 +69,8 @@ class Protocol:
     cluster: str
     sites: tuple[Site, ...]
     sha256: str
+    placebo_donors: int = 40
+    seed: int = 0
     excluded_sites: tuple[Site, ...] = ()
 
     @property
@@ -211,6 +213,8 @@ def _build(doc: dict[str, Any], digest: str) -> Protocol:
         alpha=doc["estimator"].get("alpha", 0.05),
         inference=doc["inference"]["method"],
         cluster=doc["inference"].get("cluster", "area"),
+        placebo_donors=doc["inference"].get("placebo_donors", 40),
+        seed=doc["inference"].get("seed", 0),
         sites=tuple(
             Site(
                 id=s["id"],

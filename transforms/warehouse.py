@@ -128,6 +128,7 @@ CREATE TABLE IF NOT EXISTS model_results (
     n_obs               INTEGER NOT NULL,
     n_treated_areas     INTEGER NOT NULL,
     n_comparison_areas  INTEGER NOT NULL,
+    n_placebo           INTEGER NOT NULL,
     pre_rate_per_1000   DOUBLE NOT NULL,
     post_rate_per_1000  DOUBLE NOT NULL,
     run_id              VARCHAR NOT NULL,

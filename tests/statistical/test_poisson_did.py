@@ -48,7 +48,25 @@ def test_null_effect_is_not_significant_and_few_treated_warns():
     estimate = fit_poisson_did(frame, ["A000"], GO_LIVE).estimate
     assert abs(estimate.pct_change) < 3.0
     assert estimate.p_value > 0.05
-    assert "only 1 treated area" in estimate.warnings[0]
+    assert estimate.inference == "cluster_robust"
+    assert "too few comparable areas for placebo inference" in estimate.warnings[0]
+
+
+def test_one_treated_area_gets_placebo_inference():
+    panel = simulate_panel(8, n_areas=46, treated=1, rate_ratio=0.9)
+    model = panel.filter(pl.col("area_code") <= "A005")
+    donors = panel.filter(pl.col("area_code") > "A000")
+    estimate = fit_poisson_did(model, ["A000"], GO_LIVE, donors=donors).estimate
+    assert estimate.inference == "placebo_in_space" and estimate.n_placebo == 45
+    assert "1 treated area(s)" in estimate.inference_reason
+    low, high = estimate.pct_ci
+    assert low <= -10 <= high
+    assert estimate.p_value == pytest.approx(1 / 46)  # more extreme than every placebo
+    assert not estimate.warnings
+    forced = fit_poisson_did(model, ["A000"], GO_LIVE, donors=donors,
+                             method="cluster_robust").estimate
+    assert forced.inference == "cluster_robust"
+    assert forced.log_rate_ratio == estimate.log_rate_ratio
 
 
 def test_counterfactual_matches_observed_before_go_live_on_average():
