@@ -6,7 +6,7 @@ from datetime import date
 import polars as pl
 import pytest
 
-from tests.simulate import simulate_panel
+from transforms.simulation import simulate_panel
 from transforms.estimators import fit_poisson_did, pre_post_rates
 
 GO_LIVE = date(2015, 3, 1)
