@@ -51,7 +51,9 @@ class Aggregate:
 
 @dataclass(frozen=True)
 class EtwfeResult:
-    cells: pl.DataFrame  # cohort, period, e, post, log_rate_ratio, se
+    cells: pl.DataFrame  # cohort, period, e, post, log_rate_ratio, se, weight
+    vcov: np.ndarray  # clustered covariance of the cells' log rate ratios
+    alpha: float
     overall: Aggregate
     event_study: pl.DataFrame  # e, log_rate_ratio, se, ci_low_log, ci_high_log
     pretest: dict  # W, df, p (joint test that all pre-period cells are zero)
@@ -174,10 +176,27 @@ def fit_etwfe_poisson(
     if len(set(unit_idx[treated_rows].tolist())) < 5:
         warnings.append("fewer than 5 treated areas: clustered errors are unreliable")
     return EtwfeResult(
-        cells=cell_frame, overall=overall, event_study=event_study, pretest=pretest,
+        cells=cell_frame.with_columns(pl.Series("weight", cell_weight)), vcov=v_tau,
+        alpha=alpha, overall=overall, event_study=event_study, pretest=pretest,
         avoided_per_1000=1000.0 * avoided / person_periods,
         n_units=n_clusters, n_clusters=n_clusters, warnings=tuple(warnings),
     )
+
+
+def aggregate_by(result: EtwfeResult, column: str) -> list[tuple[int, Aggregate]]:
+    """Post-go-live cells averaged within each value of `column` (cohort, period or e),
+    weighted by expected untreated counts."""
+    cells = result.cells
+    post = cells["post"].to_numpy()
+    tau = cells["log_rate_ratio"].to_numpy()
+    df = result.n_clusters - 1
+    out = []
+    for value in sorted(cells.filter(pl.col("post"))[column].unique().to_list()):
+        weights = np.where(post & (cells[column].to_numpy() == value),
+                           cells["weight"].to_numpy(), 0.0)
+        out.append((value, _aggregate(tau, result.vcov, weights / weights.sum(),
+                                      result.alpha, df)))
+    return out
 
 
 def _pretest(tau: np.ndarray, v_tau: np.ndarray, event_weights: dict[int, np.ndarray],
