@@ -53,6 +53,9 @@ class Comparison:
     matches_per_area: int
     match_on: tuple[str, ...]
     matching_outcome: str
+    metric: str = "standardised"
+    caliper: float | None = None
+    replacement: bool = True
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,9 @@ def _build(doc: dict[str, Any], digest: str) -> Protocol:
             matches_per_area=comparison["matches_per_area"],
             match_on=tuple(comparison["match_on"]),
             matching_outcome=comparison["matching_outcome"],
+            metric=comparison.get("metric", "standardised"),
+            caliper=comparison.get("caliper"),
+            replacement=comparison.get("replacement", True),
         ),
         estimator=doc["estimator"]["model"],
         alpha=doc["estimator"].get("alpha", 0.05),

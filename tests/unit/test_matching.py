@@ -1,9 +1,10 @@
 from datetime import date
 
+import numpy as np
 import polars as pl
 import pytest
 
-from transforms.matching import nearest_neighbours, pre_period_features
+from transforms.matching import balance_table, nearest_neighbours, pre_period_features
 from transforms.months import month_range
 
 
@@ -46,3 +47,53 @@ def test_missing_treated_area_and_small_pool_are_errors():
         nearest_neighbours(features, ["X"], ["C"], ("pre_rate",), k=1)
     with pytest.raises(ValueError, match="fewer than k=3"):
         nearest_neighbours(features, ["T"], ["C"], ("pre_rate",), k=3)
+
+
+def _features() -> pl.DataFrame:
+    return pl.DataFrame({
+        "area_code": ["T1", "T2", "a", "b", "c", "d", "e"],
+        "pre_rate": [8.0, 8.2, 8.05, 8.15, 9.5, 7.0, 8.1],
+        "log_population": [12.0, 12.1, 12.02, 12.5, 12.0, 12.1, 12.08],
+    })
+
+
+def test_without_replacement_no_area_serves_twice():
+    pool = ["a", "b", "c", "d", "e"]
+    on = ("pre_rate", "log_population")
+    shared = nearest_neighbours(_features(), ["T1", "T2"], pool, on, k=2)
+    assert shared["area_code"].n_unique() < shared.height  # "e" or "a" is reused
+    apart = nearest_neighbours(_features(), ["T1", "T2"], pool, on, k=2, replace=False)
+    assert apart["area_code"].n_unique() == apart.height == 4
+
+
+def test_caliper_drops_distant_areas_and_fails_when_none_left():
+    pool = ["a", "b", "c", "d", "e"]
+    matched = nearest_neighbours(_features(), ["T1"], pool, ("pre_rate",), k=5, caliper=0.2)
+    assert set(matched["area_code"]) == {"a", "e", "b"}
+    with pytest.raises(ValueError, match="no comparison area within caliper 0.001"):
+        nearest_neighbours(_features(), ["T1"], pool, ("pre_rate",), k=2, caliper=0.001)
+
+
+def test_mahalanobis_accounts_for_correlated_features():
+    # Two features that move together in the pool: a candidate off the common line is
+    # further in Mahalanobis terms than one on it, even if nearer in plain distance.
+    features = pl.DataFrame({
+        "area_code": ["T", "on", "off"] + [f"p{i}" for i in range(20)],
+        "x": [0.0, 1.0, 0.6] + [float(i - 10) / 5 for i in range(20)],
+        "y": [0.0, 1.0, -0.6] + [float(i - 10) / 5 + 0.01 * (i % 3) for i in range(20)],
+    })
+    pool = ["on", "off"] + [f"p{i}" for i in range(20) if abs(i - 10) > 6]
+    plain = nearest_neighbours(features, ["T"], pool, ("x", "y"), k=1)
+    maha = nearest_neighbours(features, ["T"], pool, ("x", "y"), k=1, metric="mahalanobis")
+    assert plain["area_code"][0] == "off" and maha["area_code"][0] == "on"
+
+
+def test_balance_table_reports_smd_before_and_after():
+    features = _features()
+    table = balance_table(features, ["T1"], ["a", "e"], ["a", "b", "c", "d", "e"],
+                          ("pre_rate", "log_population"))
+    row = table.filter(pl.col("feature") == "pre_rate").row(0, named=True)
+    pool = np.array([8.05, 8.15, 9.5, 7.0, 8.1])
+    assert row["smd_before"] == pytest.approx((8.0 - pool.mean()) / pool.std(ddof=1))
+    assert row["smd_after"] == pytest.approx((8.0 - 8.075) / pool.std(ddof=1))
+    assert abs(row["smd_after"]) < abs(row["smd_before"])

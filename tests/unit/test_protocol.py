@@ -43,7 +43,7 @@ def test_misspelt_key_lists_allowed_keys():
     with pytest.raises(ProtocolError) as err:
         parse_protocol(text)
     assert "'matches_per_aera' was unexpected" in str(err.value)
-    assert "allowed keys: match_on, matches_per_area" in str(err.value)
+    assert "allowed keys: caliper, match_on, matches_per_area" in str(err.value)
 
 
 def test_bad_month_format():
