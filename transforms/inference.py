@@ -12,6 +12,7 @@ the sampling error the site's own estimate would have had without an effect.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,7 +91,7 @@ def placebo_estimates(
     k: int,
     controls: list[int],
     donors: list[int],
-    max_draws: int = 200,
+    max_draws: int = 400,
     seed: int = 0,
 ) -> np.ndarray:
     """The DiD estimate for placebo sets of k donor rows against the site's own controls.
@@ -124,16 +125,21 @@ def invert_placebos(estimate: float, placebos: np.ndarray, alpha: float) -> Plac
     """Permutation p-value and the interval of effects the placebo spread cannot reject.
 
     p counts placebo estimates at least as far from zero as the site's (plus one for the
-    site itself). The interval subtracts the placebo quantiles from the estimate, so a
-    placebo distribution that is off-centre shifts the interval rather than being ignored.
+    site itself). The interval subtracts placebo order statistics from the estimate: if the
+    site's estimation error is exchangeable with the P placebo errors, its rank among the
+    P + 1 is uniform, so the floor(alpha/2 (P+1))-th smallest and ceil((1-alpha/2)(P+1))-th
+    smallest placebos bound it with probability at least 1 - alpha. Plain quantiles ignore
+    that the site itself is one of the draws and cover too little.
     """
     n = placebos.size
+    ordered = np.sort(placebos)
+    low_rank = max(1, math.floor(alpha / 2 * (n + 1)))
+    high_rank = min(n, math.ceil((1 - alpha / 2) * (n + 1)))
     p = (1 + int(np.sum(np.abs(placebos) >= abs(estimate)))) / (n + 1)
-    low_q, high_q = np.quantile(placebos, [alpha / 2, 1 - alpha / 2])
     return PlaceboInference(
         se=float(np.std(placebos, ddof=1)),
-        ci_low=float(estimate - high_q),
-        ci_high=float(estimate - low_q),
+        ci_low=float(estimate - ordered[high_rank - 1]),
+        ci_high=float(estimate - ordered[low_rank - 1]),
         p_value=float(p),
         n_placebo=n,
     )

@@ -42,8 +42,11 @@ def test_invert_placebos_interval_and_p_value():
     placebos = np.linspace(-0.05, 0.05, 41)
     result = invert_placebos(-0.2, placebos, alpha=0.05)
     assert result.p_value == pytest.approx(1 / 42)
-    low_q, high_q = np.quantile(placebos, [0.025, 0.975])
-    assert (result.ci_low, result.ci_high) == pytest.approx((-0.2 - high_q, -0.2 - low_q))
+    # 41 placebos: ranks floor(0.025 * 42) = 1 and ceil(0.975 * 42) = 41, the extremes.
+    assert (result.ci_low, result.ci_high) == pytest.approx((-0.2 - 0.05, -0.2 + 0.05))
+    wider = invert_placebos(0.0, np.arange(199, dtype=float), alpha=0.05)
+    # 199 placebos: ranks 5 and 195 of the sorted values 0..198.
+    assert (wider.ci_low, wider.ci_high) == pytest.approx((-194.0, -4.0))
     inside = invert_placebos(0.0, placebos, alpha=0.05)
     assert inside.p_value == 1.0
 
