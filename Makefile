@@ -15,29 +15,44 @@ export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export GX_ANALYTICS_ENABLED := False
 export MPLBACKEND := Agg
 
-.PHONY: demo test install install-dev lock clean
+# Debian packages: WeasyPrint's text stack and fonts for the PDF papers (PDF_PACKAGES), and
+# the browser and PDF tools the report tests look through (the rest). Installed only if
+# missing; `sudo` is used when not root.
+PDF_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core
+SYSTEM_PACKAGES := $(PDF_PACKAGES) chromium poppler-utils
+APT := $(if $(filter 0,$(shell id -u)),,sudo )env DEBIAN_FRONTEND=noninteractive apt-get
+
+.PHONY: demo test install install-dev lock clean pdf-deps system-deps
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet uv==$(UV_VERSION)
 
 $(VENV)/.installed: requirements.lock setup.cfg | $(BIN)/uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -r requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 
 $(VENV)/.installed-dev: requirements-dev.lock setup.cfg | $(BIN)/uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements-dev.lock
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -r requirements-dev.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+pdf-deps:
+	@dpkg -s $(PDF_PACKAGES) > /dev/null 2>&1 \
+	  || ($(APT) update && $(APT) install -y $(PDF_PACKAGES))
+
+system-deps:
+	@dpkg -s $(SYSTEM_PACKAGES) > /dev/null 2>&1 \
+	  || ($(APT) update && $(APT) install -y $(SYSTEM_PACKAGES))
+
 $(AIRFLOW_HOME)/airflow.db: | $(VENV)/.installed
 	$(BIN)/airflow db migrate > /dev/null
 
-demo: install $(AIRFLOW_HOME)/airflow.db
+demo: pdf-deps install $(AIRFLOW_HOME)/airflow.db
 	rm -rf $(DEMO_DIR) $(OUT_DIR)
 	$(BIN)/vanguard demo-data --out $(DEMO_DIR) --seed $(SEED)
 	$(BIN)/airflow dags test vanguard_nightly \
@@ -45,7 +60,7 @@ demo: install $(AIRFLOW_HOME)/airflow.db
 	  > $(DEMO_DIR)/airflow.log 2>&1 || { tail -50 $(DEMO_DIR)/airflow.log; exit 1; }
 	$(BIN)/vanguard status --db $(DEMO_DIR)/vanguard.duckdb --out $(OUT_DIR) --truth $(DEMO_DIR)/truth.json
 
-test: install-dev $(AIRFLOW_HOME)/airflow.db
+test: system-deps install-dev $(AIRFLOW_HOME)/airflow.db
 	$(BIN)/python -m pytest
 
 lock: | $(BIN)/uv

@@ -1,81 +1,270 @@
-"""Plots as self-contained PNG data URIs, so every page works offline."""
+"""The report's charts as self-contained SVG data URIs, each with its alt text."""
 
 from __future__ import annotations
 
-import base64
-import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date
 
-import polars as pl
+from reports.svg import AXIS, Canvas, Scale, clip_label, nice_ticks, tick_label
+
+OBSERVED = "#d5281b"
+COUNTERFACTUAL = "#005eb8"
+COMPARISON = "#768692"
+MODEL_COLOURS = {"PACS": "#005eb8", "MCP": "#009639", "care-home": "#ed8b00"}
+MODEL_ORDER = ("PACS", "MCP", "care-home")
+MODEL_NAMES = {"PACS": "Primary and acute care systems (PACS)",
+               "MCP": "Multispecialty community providers (MCP)",
+               "care-home": "Enhanced health in care homes"}
+WIDTH = 680.0
 
 
-def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1):
-    import matplotlib
+@dataclass(frozen=True)
+class Figure:
+    """An image for a page: its source (a data URI) and the text read out in its place."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), dpi=100, squeeze=False)
-    return plt, fig, axes
+    src: str
+    alt: str
 
 
-def _to_data_uri(plt, fig) -> str:
-    """PNG bytes embedded as a data URI; metadata stripped so output is reproducible."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+@dataclass(frozen=True)
+class SeriesPanel:
+    """One outcome's monthly rates per 1,000; None where a value is not published."""
+
+    title: str
+    months: Sequence[date]
+    observed: Sequence[float | None]
+    counterfactual: Sequence[float | None]
+    comparison: Sequence[float | None]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A labelled estimate with its confidence interval (one row of a forest plot)."""
+
+    label: str
+    estimate: float
+    low: float
+    high: float
+    group: str = ""
+
+
+def _axis_title(canvas: Canvas, text: str, centre: float, y: float) -> None:
+    """An axis title centred under its axis, moved in so that it stays on the canvas."""
+    half = 3.1 * len(text)  # about half the width of 10px text
+    x = min(max(centre, half + 8), canvas.width - half - 8)
+    canvas.text(x, y, text, size=10, anchor="middle")
 
 
 def _decimal_year(month: date) -> float:
-    """Months as decimal years: plain numeric ticks draw far faster than date locators."""
     return month.year + (month.month - 1) / 12
 
 
-def observed_vs_counterfactual(panels: list[tuple[str, pl.DataFrame]], go_live: date) -> str:
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def _legend(canvas: Canvas, x: float, y: float, entries: Sequence[tuple[str, str, str]]) -> None:
+    """Entries of (kind, colour, label) in one row; kind is line, dash, dot or ring."""
+    for kind, colour, label in entries:
+        if kind in ("line", "dash"):
+            canvas.line(x, y - 4, x + 18, y - 4, stroke=colour, width=2,
+                        dash="5 3" if kind == "dash" else None)
+        elif kind == "ring":
+            canvas.circle(x + 9, y - 4, 3.5, fill="#fff", stroke=colour)
+        else:
+            canvas.circle(x + 9, y - 4, 3.5, fill=colour)
+        canvas.text(x + 23, y, label, size=10)
+        x += 23 + 6.2 * len(label) + 18
+
+
+def observed_vs_counterfactual(panels: Sequence[SeriesPanel], go_live: date,
+                               site_name: str) -> Figure:
     """Small multiples, one per outcome: the site observed, its modelled counterfactual
     and its comparators, so a board sees where the lines part after go-live."""
     ncols = 2 if len(panels) > 1 else 1
-    nrows = (len(panels) + ncols - 1) // ncols
-    plt, fig, axes = _figure(7.2, 2.4 * nrows + 0.4, nrows, ncols)
-    for ax, (title, series) in zip(axes.flat, panels, strict=False):
-        months = [_decimal_year(m) for m in series["month"].to_list()]
-        ax.plot(months, series["comparison_rate"], color="#9aa5b1", lw=1.0,
-                label="Matched comparison areas")
-        ax.plot(months, series["counterfactual_rate"], color="#005eb8", lw=1.2, ls="--",
-                label="Site without the new care model (modelled)")
-        ax.plot(months, series["observed_rate"], color="#d5281b", lw=1.3, label="Site observed")
-        ax.axvline(_decimal_year(go_live), color="#425563", lw=0.8, ls=":")
-        ax.set_xticks(range(int(months[0]) + 1, int(months[-1]) + 1))
-        ax.set_title(title, fontsize=9, loc="left")
-        ax.tick_params(labelsize=7)
-        ax.spines[["top", "right"]].set_visible(False)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
-    fig.supylabel("per 1,000 population per month (dotted line: go-live)", fontsize=8)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncols=3, fontsize=7, frameon=False)
-    fig.subplots_adjust(left=0.09, right=0.98, top=0.93, bottom=0.1 + 0.02 / nrows,
-                        hspace=0.45, wspace=0.2)
-    return _to_data_uri(plt, fig)
+    nrows = max(1, math.ceil(len(panels) / ncols))
+    cell_w, cell_h, legend_h = WIDTH / ncols, 158.0, 30.0
+    canvas = Canvas(WIDTH, nrows * cell_h + legend_h,
+                    title=f"Observed and expected monthly rates for {site_name}")
+    live = _decimal_year(go_live)
+    for index, panel in enumerate(panels):
+        left = (index % ncols) * cell_w + 44
+        top = (index // ncols) * cell_h + 22
+        right, bottom = left + cell_w - 58, top + cell_h - 50
+        xs = [_decimal_year(m) for m in panel.months]
+        values = _finite([*panel.observed, *panel.counterfactual, *panel.comparison])
+        if not xs or not values:
+            canvas.text(left, top, f"{panel.title}: no published values", size=10)
+            continue
+        y_ticks = nice_ticks(min(values), max(values), 4)
+        x_scale = Scale((min(xs), max(xs)), (left, right))
+        y_scale = Scale((y_ticks[0], y_ticks[-1]), (bottom, top))
+        canvas.text(left - 40, top - 8, panel.title, size=11, weight="bold")
+        canvas.y_axis(y_scale, y_ticks, left, right, [tick_label(t, y_ticks) for t in y_ticks])
+        canvas.line(left, bottom, right, bottom, stroke=AXIS, width=0.8)
+        if index >= len(panels) - ncols:  # years under the bottom row only: shared axis
+            years = list(range(math.ceil(min(xs)), math.floor(max(xs)) + 1))
+            canvas.x_axis(x_scale, years, bottom, top, [str(y) for y in years], grid=False)
+        canvas.line(x_scale(live), top, x_scale(live), bottom, stroke=AXIS, width=1,
+                    dash="2 2")
+        for series, colour, width, dash in (
+            (panel.comparison, COMPARISON, 1.2, None),
+            (panel.counterfactual, COUNTERFACTUAL, 1.4, "5 3"),
+            (panel.observed, OBSERVED, 1.5, None),
+        ):
+            points = [(x_scale(x), None if v is None else y_scale(v))
+                      for x, v in zip(xs, series, strict=True)]
+            canvas.polyline(points, stroke=colour, width=width, dash=dash)
+    _legend(canvas, 10, nrows * cell_h + 18, [
+        ("line", OBSERVED, "Site observed"),
+        ("dash", COUNTERFACTUAL, "Site without the new care model (modelled)"),
+        ("line", COMPARISON, "Matched comparison areas"),
+    ])
+    outcomes = ", ".join(p.title.lower() for p in panels)
+    start = f" from {panels[0].months[0]:%B %Y}" if panels and panels[0].months else ""
+    alt = (f"Line charts of monthly rates per 1,000 population of {outcomes} for {site_name}"
+           f"{start}: the site as observed, the site as modelled without the new care model, "
+           f"and the matched comparison areas; a dotted line marks go-live in {go_live:%B %Y}.")
+    return Figure(canvas.data_uri(), alt)
 
 
-def forest(rows: list[dict], title: str) -> str:
+def _interval_rows(canvas: Canvas, rows: Sequence[Interval], x_scale: Scale, top: float,
+                   left: float, row_h: float, grouped: bool) -> float:
+    """Draw forest rows (with group headings when grouped); return the y below the last."""
+    y = top
+    current = None
+    for row in rows:
+        if grouped and row.group != current:
+            current = row.group
+            y += row_h * 0.6
+            canvas.text(8, y + 4, MODEL_NAMES.get(row.group, row.group), size=10.5,
+                        weight="bold", fill=MODEL_COLOURS.get(row.group, AXIS))
+            y += row_h
+        colour = MODEL_COLOURS.get(row.group, AXIS)
+        canvas.text(left - 8, y + 4, clip_label(row.label, 46), size=10, anchor="end")
+        canvas.line(x_scale(row.low), y, x_scale(row.high), y, stroke=colour, width=1.6)
+        canvas.circle(x_scale(row.estimate), y, 3.4, fill=colour)
+        y += row_h
+    return y
+
+
+def forest(rows: Sequence[Interval], title: str, x_label: str, subject: str) -> Figure:
     """Each site's percentage change with its CI, grouped by model type."""
-    plt, fig, axes = _figure(7.0, 0.22 * len(rows) + 1.0)
-    ax = axes[0, 0]
-    y = list(range(len(rows)))[::-1]
-    colours = {"PACS": "#005eb8", "MCP": "#009639", "care-home": "#ed8b00"}
-    for yi, row in zip(y, rows, strict=True):
-        colour = colours.get(row["model_type"], "#425563")
-        ax.plot([row["pct_ci_low"], row["pct_ci_high"]], [yi, yi], color=colour, lw=1.4)
-        ax.plot(row["pct_change"], yi, "o", color=colour, ms=4)
-    ax.axvline(0, color="#425563", lw=0.8)
-    ax.set_yticks(y, [f"{r['name'][:40]} ({r['model_type']})" for r in rows], fontsize=7)
-    ax.tick_params(axis="x", labelsize=7)
-    ax.set_xlabel("% change vs matched comparison areas (95% CI)", fontsize=8)
-    ax.set_title(title, fontsize=10, loc="left")
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.subplots_adjust(left=0.42, right=0.98, top=1 - 0.35 / fig.get_figheight(),
-                        bottom=0.55 / fig.get_figheight())
-    return _to_data_uri(plt, fig)
+    ordered = sorted(rows, key=lambda r: (MODEL_ORDER.index(r.group)
+                                          if r.group in MODEL_ORDER else len(MODEL_ORDER),
+                                          r.group, r.label))
+    groups = len({r.group for r in ordered})
+    row_h, left, right, top = 15.0, 300.0, WIDTH - 16, 30.0
+    height = top + row_h * (len(ordered) + 1.6 * groups) + 48
+    canvas = Canvas(WIDTH, height, title=title)
+    values = [v for r in ordered for v in (r.low, r.high)] or [0.0]
+    ticks = nice_ticks(min(*values, 0.0), max(*values, 0.0), 6)
+    x_scale = Scale((ticks[0], ticks[-1]), (left, right))
+    canvas.text(8, 16, title, size=12, weight="bold")
+    bottom = _interval_rows(canvas, ordered, x_scale, top, left, row_h, grouped=True)
+    canvas.x_axis(x_scale, ticks, bottom, top, [tick_label(t, ticks, "%") for t in ticks])
+    canvas.line(x_scale(0), top, x_scale(0), bottom, stroke=AXIS, width=1.2)
+    _axis_title(canvas, x_label, (left + right) / 2, bottom + 30)
+    lower = sum(1 for r in ordered if r.high < 0)
+    higher = sum(1 for r in ordered if r.low > 0)
+    alt = (f"Forest plot of {subject} for {len(ordered)} sites grouped by model type, each "
+           f"with its 95% confidence interval. {lower} sites have intervals wholly below "
+           f"zero (lower than comparison areas) and {higher} wholly above zero.")
+    return Figure(canvas.data_uri(), alt)
+
+
+def reference_forest(rows: Sequence[Interval], title: str, x_label: str) -> Figure:
+    """Published estimates drawn on their own scale, beside (not mixed with) ours."""
+    row_h, left, right, top = 15.0, 300.0, WIDTH - 16, 30.0
+    canvas = Canvas(WIDTH, top + row_h * len(rows) + 52, title=title)
+    values = [v for r in rows for v in (r.low, r.high)] or [0.0]
+    ticks = nice_ticks(min(*values, 0.0), max(*values, 0.0), 6)
+    x_scale = Scale((ticks[0], ticks[-1]), (left, right))
+    canvas.text(8, 16, title, size=12, weight="bold")
+    y = top + row_h / 2
+    for row in rows:
+        canvas.text(left - 8, y + 4, clip_label(row.label, 46), size=10, anchor="end")
+        canvas.line(x_scale(row.low), y, x_scale(row.high), y, stroke=AXIS, width=1.6)
+        canvas.diamond(x_scale(row.estimate), y, 4.2, fill=AXIS)
+        y += row_h
+    canvas.x_axis(x_scale, ticks, y, top, [tick_label(t, ticks) for t in ticks])
+    canvas.line(x_scale(0), top, x_scale(0), y, stroke=AXIS, width=1.2)
+    _axis_title(canvas, x_label, (left + right) / 2, y + 30)
+    described = "; ".join(f"{r.label}: {r.estimate:+.3f} ({r.low:+.3f} to {r.high:+.3f})"
+                          for r in rows)
+    return Figure(canvas.data_uri(), f"{title}. {x_label}. {described}.")
+
+
+def love_plot(covariates: Sequence[tuple[str, float | None, float | None]],
+              site_name: str) -> Figure:
+    """Standardised mean differences before and after matching, one row per covariate."""
+    row_h, left, right, top = 17.0, 290.0, WIDTH - 20, 10.0
+    height = top + row_h * len(covariates) + 62
+    canvas = Canvas(WIDTH, height, title=f"Balance of {site_name} against comparison areas")
+    values = _finite([v for _, b, a in covariates for v in (b, a)])
+    limit = max([0.25, *[abs(v) for v in values]])
+    ticks = nice_ticks(-limit, limit, 6)
+    x_scale = Scale((ticks[0], ticks[-1]), (left, right))
+    y = top + row_h / 2
+    for label, before, after in covariates:
+        canvas.line(left, y, right, y, stroke="#eef0f1", width=0.8)
+        canvas.text(left - 8, y + 4, clip_label(label, 46), size=10, anchor="end")
+        if before is not None and math.isfinite(before):
+            canvas.circle(x_scale(before), y, 4, fill="#fff", stroke=COMPARISON)
+        if after is not None and math.isfinite(after):
+            canvas.circle(x_scale(after), y, 4, fill=COUNTERFACTUAL)
+        y += row_h
+    bottom = y - row_h / 2 + 8
+    for mark in (-0.1, 0.1):
+        canvas.line(x_scale(mark), top, x_scale(mark), bottom, stroke=AXIS, width=0.8,
+                    dash="3 3")
+    canvas.line(x_scale(0), top, x_scale(0), bottom, stroke=AXIS, width=1.0)
+    canvas.x_axis(x_scale, ticks, bottom, top, [tick_label(t, ticks) for t in ticks],
+                  grid=False)
+    _axis_title(canvas, "Standardised mean difference (site minus comparison; dashed: \u00b10.1)",
+                (left + right) / 2, bottom + 28)
+    _legend(canvas, 10, height - 6, [("ring", COMPARISON, "All eligible areas (before matching)"),
+                                     ("dot", COUNTERFACTUAL, "Matched comparison areas")])
+    described = "; ".join(
+        f"{label}: {'n/a' if b is None else f'{b:+.2f}'} before, "
+        f"{'n/a' if a is None else f'{a:+.2f}'} after matching"
+        for label, b, a in covariates)
+    alt = (f"Love plot of standardised mean differences between {site_name} and its "
+           f"comparison areas, before and after matching. {described}.")
+    return Figure(canvas.data_uri(), alt)
+
+
+def event_study(points: Sequence[tuple[int, float, float, float]], title: str,
+                site_name: str) -> Figure:
+    """Estimates by period relative to go-live with their CIs; zero is no effect."""
+    left, right, top, bottom = 56.0, WIDTH - 16, 28.0, 190.0
+    canvas = Canvas(WIDTH, bottom + 40, title=f"{title}: event study for {site_name}")
+    es = [p[0] for p in points]
+    values = _finite([v for p in points for v in p[1:]]) or [0.0]
+    y_ticks = nice_ticks(min(*values, 0.0), max(*values, 0.0), 5)
+    x_ticks = nice_ticks(min(es), max(es), 8) if es else [0.0, 1.0]
+    x_ticks = [t for t in x_ticks if min(es, default=0) - 0.5 <= t <= max(es, default=1) + 0.5]
+    x_scale = Scale((min(es, default=0) - 0.5, max(es, default=1) + 0.5), (left, right))
+    y_scale = Scale((y_ticks[0], y_ticks[-1]), (bottom, top))
+    canvas.text(8, 16, title, size=12, weight="bold")
+    canvas.y_axis(y_scale, y_ticks, left, right, [tick_label(t, y_ticks) for t in y_ticks])
+    canvas.x_axis(x_scale, x_ticks, bottom, top, [tick_label(t, [0, 1]) for t in x_ticks],
+                  grid=False)
+    canvas.line(left, y_scale(0), right, y_scale(0), stroke=AXIS, width=1.2)
+    canvas.line(x_scale(-0.5), top, x_scale(-0.5), bottom, stroke=AXIS, width=1, dash="2 2")
+    for e, estimate, low, high in points:
+        colour = COUNTERFACTUAL if e >= 0 else COMPARISON
+        canvas.line(x_scale(e), y_scale(low), x_scale(e), y_scale(high), stroke=colour,
+                    width=1.4)
+        canvas.circle(x_scale(e), y_scale(estimate), 2.8, fill=colour)
+    _axis_title(canvas, "Periods relative to go-live (dotted line: go-live)",
+                (left + right) / 2, bottom + 30)
+    pre = [p for p in points if p[0] < 0]
+    covering = sum(1 for _, _, low, high in pre if low <= 0 <= high)
+    alt = (f"Event-study chart for {title.lower()} at {site_name}: {len(points)} estimates "
+           f"from period {min(es, default=0)} to {max(es, default=0)} relative to go-live, "
+           f"with 95% confidence intervals; {covering} of {len(pre)} pre-go-live intervals "
+           "include zero.")
+    return Figure(canvas.data_uri(), alt)

@@ -1,17 +1,25 @@
-"""Render the programme page and one page per site from the warehouse alone."""
+"""Render the board papers: an HTML page and an A4 PDF per site, and the programme page.
+
+    warehouse ──inputs.load_report_data──► pages.site_page / pages.programme_page
+              ──templates (Jinja, autoescaped)──► DIR/sites/<site>.html, DIR/index.html
+              ──pdf.PdfRenderer (WeasyPrint)──► DIR/sites/<site>.pdf, DIR/programme.pdf
+
+Pages embed their charts and styles, so every page works offline. Output depends only on
+the warehouse, the reference data and the generation time, so it can be snapshot-tested.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import polars as pl
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from reports import plots
-from reports.wording import evidence_rating, headline
-from transforms import warehouse
+from reports import inputs, pages, pdf
+from reports.statistics import area_features
 
 log = logging.getLogger(__name__)
 
@@ -23,111 +31,89 @@ def _environment() -> Environment:
         autoescape=select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,
+        undefined=StrictUndefined,
     )
 
 
-def load_report_data(db: Path) -> dict[str, pl.DataFrame]:
-    """Everything the pages show, read once from the warehouse."""
-    tables = {
-        "runs": "SELECT * FROM runs ORDER BY started_at DESC LIMIT 1",
-        "sites": "SELECT * FROM sites ORDER BY model_type, name",
-        "results": "SELECT * FROM model_results ORDER BY site_id, outcome_order",
-        "series": "SELECT * FROM model_series ORDER BY site_id, outcome, month",
-        "comparators": "SELECT * FROM comparison_areas ORDER BY site_id, treated_area, rank",
-        "files": (
-            "SELECT source_id, regexp_extract(path, '[^/]+$') AS file, extract_date, kind, "
-            "rows_received, rows_loaded, rows_quarantined, status, message "
-            "FROM provenance ORDER BY source_id, event_id"
-        ),
-    }
-    return {name: warehouse.query(db, sql) for name, sql in tables.items()}
+def generation_time() -> datetime:
+    """Now, unless SOURCE_DATE_EPOCH fixes it (reproducible output for snapshot tests)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        return datetime.fromtimestamp(int(epoch), UTC)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
-def _provenance(runs: pl.DataFrame) -> dict:
-    run = runs.row(0, named=True) if runs.height else {}
+def provenance(run: dict, generated_at: datetime) -> dict:
+    """The footer of every page: what produced these numbers, from what, and when."""
     return {
         "run_id": run.get("run_id", "none"),
+        "run_status": run.get("status", "unknown"),
         "code_version": run.get("code_version", "unknown"),
-        "protocol_sha256": (run.get("protocol_sha256") or "")[:12],
-        "data_sha256": (run.get("data_sha256") or "")[:12],
-        "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "protocol_sha256": (run.get("protocol_sha256") or "")[:12] or "unknown",
+        "data_sha256": (run.get("data_sha256") or "")[:12] or "unknown",
+        "generated_at": generated_at.strftime("%Y-%m-%d %H:%M UTC"),
+        "generated_iso": generated_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 
-def _result_rows(results: pl.DataFrame, site_id: str) -> list[dict]:
-    rows = []
-    for row in results.filter(pl.col("site_id") == site_id).iter_rows(named=True):
-        row["headline"] = headline(row["outcome_label"], row["pct_change"], row["pct_ci_low"],
-                                   row["pct_ci_high"], row["p_value"])
-        row["rating"] = evidence_rating(row["p_value"], row["n_treated_areas"])
-        rows.append(row)
-    return rows
+def render_site(env: Environment, page: pages.SitePage, footer: dict) -> str:
+    return env.get_template("site.html").render(page=page, provenance=footer)
 
 
-def render_site(env: Environment, data: dict[str, pl.DataFrame], site: dict,
-                provenance: dict) -> str:
-    """One site's page: headline, estimates, plots, comparators, data quality, methods."""
-    results = _result_rows(data["results"], site["site_id"])
-    site_series = data["series"].filter(pl.col("site_id") == site["site_id"])
-    panels = [
-        (row["outcome_label"], site_series.filter(pl.col("outcome") == row["outcome"]))
-        for row in results
-    ]
-    figures = []
-    if site_series.height:
-        labels = ", ".join(label.lower() for label, _ in panels)
-        figures.append({
-            "src": plots.observed_vs_counterfactual(panels, site["go_live"]),
-            "alt": f"Monthly rates per 1,000 population of {labels} for {site['name']}: "
-                   "observed, modelled without the new care model, and in matched "
-                   "comparison areas, with the go-live month marked",
-        })
-    files = data["files"].filter(pl.col("source_id") == site["site_id"]).to_dicts()
-    comparators = data["comparators"].filter(pl.col("site_id") == site["site_id"]).to_dicts()
-    return env.get_template("site.html").render(
-        site=site, results=results, figures=figures, files=files,
-        comparators=comparators, provenance=provenance,
-    )
+def render_index(env: Environment, page: pages.ProgrammePage, footer: dict) -> str:
+    return env.get_template("index.html").render(page=page, provenance=footer)
 
 
-def render_index(env: Environment, data: dict[str, pl.DataFrame], provenance: dict) -> str:
-    """Programme page: forest plot of the primary outcome and a table of every estimate."""
-    joined = data["results"].join(data["sites"], on="site_id", how="inner")
-    outcomes = joined.sort("outcome_order")["outcome"].unique(maintain_order=True).to_list()
-    forests = []
-    for outcome in outcomes:
-        rows = joined.filter(pl.col("outcome") == outcome).sort(["model_type", "name"]).to_dicts()
-        label = rows[0]["outcome_label"]
-        forests.append({
-            "src": plots.forest(rows, label),
-            "alt": f"Forest plot of the percentage change in {label.lower()} for each site "
-                   "with 95% confidence intervals, grouped by model type",
-        })
-    table = joined.sort(["model_type", "name", "outcome_order"]).to_dicts()
-    quarantined = data["files"].filter(pl.col("status") == "quarantined").to_dicts()
-    return env.get_template("index.html").render(
-        sites=data["sites"].to_dicts(), table=table, forests=forests,
-        files=data["files"].to_dicts(), quarantined=quarantined, provenance=provenance,
-    )
+def _refresh_inputs(db: Path, reference: Path) -> None:
+    """Make sure the report-only tables exist, and load the sites' published claims."""
+    inputs.ensure_report_tables(db)
+    claims = reference / inputs.SITES_REFERENCE
+    if claims.is_file():
+        inputs.load_claims(db, claims)
+    else:
+        log.warning("reports: %s not found; claims in the warehouse left as they are", claims)
 
 
-def render_reports(db: str | Path, out: str | Path) -> list[Path]:
-    """Write `out/index.html` and `out/sites/<site_id>.html`; return the paths written."""
+def render_reports(db: str | Path, out: str | Path, *, generated_at: datetime | None = None,
+                   workers: int | None = None, reference: Path | None = None) -> list[Path]:
+    """Write DIR/index.html, DIR/programme.pdf and DIR/sites/<site>.html and .pdf for
+    every fitted site; return the paths written (HTML pages, then PDFs)."""
+    started = time.perf_counter()
     db, out = Path(db), Path(out)
+    reference = reference or inputs.reference_dir()
     (out / "sites").mkdir(parents=True, exist_ok=True)
-    data = load_report_data(db)
+    _refresh_inputs(db, reference)
+    data = inputs.load_report_data(db, reference)
+    generated_at = generated_at or generation_time()
+    footer = provenance(data.run, generated_at)
     env = _environment()
-    provenance = _provenance(data["runs"])
+    results = pages.with_q_values(data.results)
+    fitted = set(results["site_id"].to_list())
+    sites = [site for site in data.sites.to_dicts() if site["site_id"] in fitted]
+
+    vanguard_areas = {a for areas in data.sites["areas"].to_list() for a in areas}
+    all_areas = data.panel["area_code"].unique().sort().to_list()
+    pool = [a for a in all_areas if a not in vanguard_areas]
+    features: dict = {}
     written = []
-    fitted = set(data["results"]["site_id"].to_list())
-    for site in data["sites"].to_dicts():
-        if site["site_id"] not in fitted:
-            continue
-        path = out / "sites" / f"{site['site_id']}.html"
-        path.write_text(render_site(env, data, site, provenance), encoding="utf-8")
-        written.append(path)
-    index = out / "index.html"
-    index.write_text(render_index(env, data, provenance), encoding="utf-8")
-    written.append(index)
-    log.info("reports: wrote %d pages under %s", len(written), out)
+    with pdf.PdfRenderer(generated_at, len(sites) + 1, workers) as renderer:
+        # The programme page first: it is the largest PDF, so it should start earliest.
+        index = out / "index.html"
+        index.write_text(render_index(env, pages.programme_page(data, results), footer),
+                         encoding="utf-8")
+        written.append(index)
+        renderer.submit(index, out / "programme.pdf", cost=1 + len(sites) / 5)
+        for site in sites:
+            if site["go_live"] not in features:
+                features[site["go_live"]] = area_features(data.panel, data.ref_areas,
+                                                          site["go_live"], all_areas)
+            page = pages.site_page(data, site, results, features[site["go_live"]], pool)
+            html = out / "sites" / f"{page.page}.html"
+            html.write_text(render_site(env, page, footer), encoding="utf-8")
+            written.append(html)
+            renderer.submit(html, html.with_suffix(".pdf"))
+        log.info("reports: %d HTML pages in %.1f s", len(written), time.perf_counter() - started)
+    written += renderer.written
+    log.info("reports: wrote %d files under %s in %.1f s", len(written), out,
+             time.perf_counter() - started)
     return written

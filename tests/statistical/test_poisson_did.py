@@ -6,8 +6,8 @@ from datetime import date
 import polars as pl
 import pytest
 
-from transforms.simulation import simulate_panel
 from transforms.estimators import fit_poisson_did, pre_post_rates
+from transforms.simulation import simulate_panel
 
 GO_LIVE = date(2015, 3, 1)
 

@@ -6,10 +6,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from transforms.simulation import simulate_panel
 from transforms.estimators import fit_poisson_did, wide
 from transforms.inference import invert_placebos, placebo_sets
 from transforms.poisson_fe import cluster_robust_se, fit_poisson_fe
+from transforms.simulation import simulate_panel
 
 GO_LIVE = date(2015, 3, 1)
 

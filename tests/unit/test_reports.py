@@ -1,9 +1,28 @@
+"""Report building blocks: wording, q-values, balance, claims, charts and escaping."""
+
+from __future__ import annotations
+
+import base64
+import math
+import xml.etree.ElementTree as ET
 from datetime import date
 
 import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from reports.render import _environment, render_site
-from reports.wording import evidence_rating, headline
+from reports import plots
+from reports.inputs import HSJ_SOURCE, claims_from_reference
+from reports.pages import page_name
+from reports.statistics import benjamini_hochberg, standardised_differences
+from reports.svg import Canvas, nice_ticks, tick_label
+from reports.wording import (
+    claim_verdict,
+    evidence_rating,
+    headline,
+    signed_pct,
+)
 
 
 def test_headline_reads_as_a_sentence():
@@ -20,20 +39,162 @@ def test_evidence_rating_never_outruns_the_design():
     assert evidence_rating(0.2, 10) == "No clear effect"
     assert evidence_rating(0.001, 1) == "Suggestive (few treated areas)"
     assert evidence_rating(0.001, 8) == "Clear effect"
+    assert evidence_rating(0.001, 8, q_value=0.2).startswith("Suggestive (may be chance")
+    assert evidence_rating(0.001, 8, q_value=0.01) == "Clear effect"
 
 
-def test_untrusted_text_is_escaped():
-    site = {"site_id": "x", "name": "<script>alert(1)</script>", "model_type": "PACS",
-            "go_live": date(2015, 3, 1), "areas": ["A001"]}
-    empty = pl.DataFrame({"site_id": [], "outcome": []}, schema={"site_id": pl.String,
-                                                                  "outcome": pl.String})
-    files = pl.DataFrame({"source_id": ["x"], "file": ["=HYPERLINK(\"<b>\")"],
-                          "extract_date": [None], "kind": ["aggregate"], "status": ["loaded"],
-                          "message": [""]})
-    data = {"results": empty, "series": empty, "comparators": empty, "files": files}
-    page = render_site(_environment(), data, site, {"run_id": "r", "code_version": "v",
-                                                    "protocol_sha256": "p", "data_sha256": "d",
-                                                    "generated_at": "now"})
-    assert "<script>alert(1)</script>" not in page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "&lt;b&gt;" in page
+def test_signed_percentages_and_claim_verdicts():
+    assert signed_pct(4.26) == "+4.3%"
+    assert signed_pct(-3.0) == "\u22123.0%"
+    assert signed_pct(-0.01) == "0.0%"
+    assert claim_verdict(15.6, -4.9, -1.6) == "Outside our 95% CI (above it)"
+    assert claim_verdict(-2.0, -4.9, -1.6) == "Within our 95% CI"
+
+
+# -- q-values -------------------------------------------------------------------------
+
+
+def test_benjamini_hochberg_matches_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    p = [0.001, 0.008, 0.039, 0.041, 0.042, 0.06, 0.074, 0.205, 0.212, 0.216, 0.5, 0.9]
+    expected = multipletests(p, method="fdr_bh")[1]
+    assert benjamini_hochberg(p) == pytest.approx(list(expected), abs=1e-12)
+
+
+def test_benjamini_hochberg_by_hand_and_with_gaps():
+    # m = 4: q = min over j >= i of p_(j) * 4 / j.
+    assert benjamini_hochberg([0.04, 0.01, 0.03, 0.02]) == pytest.approx([0.04] * 4)
+    assert benjamini_hochberg([0.01, None, float("nan"), 0.5]) == [0.02, None, None, 0.5]
+    assert benjamini_hochberg([]) == []
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        benjamini_hochberg([1.2])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=60))
+def test_q_values_are_ordered_bounded_and_no_smaller_than_p(p):
+    q = benjamini_hochberg(p)
+    for pi, qi in zip(p, q, strict=True):
+        assert qi is not None and pi - 1e-12 <= qi <= 1.0
+    ranked = sorted(zip(p, q, strict=True))
+    assert all(a[1] <= b[1] + 1e-12 for a, b in zip(ranked, ranked[1:], strict=False))
+
+
+# -- balance --------------------------------------------------------------------------
+
+
+def test_standardised_differences_use_the_pool_spread():
+    features = pl.DataFrame({
+        "area_code": ["S1", "P1", "P2", "P3", "P4"],
+        "imd_score": [30.0, 10.0, 20.0, 30.0, 40.0],
+        "pct_aged_65_plus": [None, 15.0, 15.0, 15.0, 15.0],
+    })
+    smd = standardised_differences(features, ["S1"], ["P3", "P4", "P3"], ["P1", "P2", "P3", "P4"])
+    imd = smd.filter(pl.col("covariate") == "imd_score").row(0, named=True)
+    sd = math.sqrt(((10 - 25) ** 2 + (20 - 25) ** 2 + (30 - 25) ** 2 + (40 - 25) ** 2) / 3)
+    assert imd["smd_before"] == pytest.approx((30 - 25) / sd)
+    # A comparator matched twice counts twice, as in the model.
+    assert imd["matched_mean"] == pytest.approx((30 + 40 + 30) / 3)
+    assert imd["smd_after"] == pytest.approx((30 - 100 / 3) / sd)
+    age = smd.filter(pl.col("covariate") == "pct_aged_65_plus").row(0, named=True)
+    assert age["smd_before"] is None  # no site value and no spread: not made up
+
+
+# -- claims ---------------------------------------------------------------------------
+
+
+def test_claims_match_on_vanguard_number_and_keep_the_sign():
+    sites = pl.DataFrame({"site_id": ["a", "b", "c"], "nhse_vanguard_number": [3, 8, None]},
+                         schema_overrides={"nhse_vanguard_number": pl.Int32})
+    reference = pl.DataFrame({
+        "nhse_vanguard_number": ["3", "8", "9"],
+        "hsj_pct_change_emerg_adm_rate_1415_to_12m_sep2017": ["15.6", "", "-7.0"],
+    })
+    claims = claims_from_reference(sites, reference)
+    assert claims.to_dicts() == [{"site_id": "a", "outcome": "emergency_admissions",
+                                  "claimed_pct_change": 15.6, "source": HSJ_SOURCE}]
+
+
+def test_shared_reference_claims_are_read(tmp_path):
+    from tests.conftest import SHARED_REFERENCE
+
+    path = SHARED_REFERENCE / "vanguard_sites_2015.csv"
+    if not path.is_file():
+        pytest.skip("shared reference data not available")
+    reference = pl.read_csv(path, infer_schema_length=0)
+    sites = pl.DataFrame({"site_id": ["south-somerset", "dudley"],
+                          "nhse_vanguard_number": [3, 16]})
+    claims = claims_from_reference(sites, reference)
+    assert dict(zip(claims["site_id"], claims["claimed_pct_change"], strict=True)) == {
+        "south-somerset": 15.6, "dudley": 10.8}
+
+
+# -- charts ---------------------------------------------------------------------------
+
+
+def _svg(figure: plots.Figure) -> ET.Element:
+    assert figure.src.startswith("data:image/svg+xml;base64,")
+    return ET.fromstring(base64.b64decode(figure.src.split(",", 1)[1]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(-1e6, 1e6), st.floats(-1e6, 1e6))
+def test_ticks_cover_the_range(low, high):
+    ticks = nice_ticks(low, high)
+    assert ticks[0] <= min(low, high) + 1e-6 and ticks[-1] >= max(low, high) - 1e-6
+    assert 2 <= len(ticks) <= 14
+    assert ticks == sorted(ticks)
+
+
+def test_tick_labels_use_the_steps_decimals():
+    assert [tick_label(t, [0, 0.25]) for t in (0, 0.25, -0.5)] == ["0.00", "0.25", "\u22120.50"]
+    assert tick_label(-0.0, [0, 5], "%") == "0%"
+
+
+def test_chart_text_is_escaped_and_described():
+    canvas = Canvas(100, 50, title="A & <b>")
+    canvas.text(1, 1, "<script>alert(1)</script>")
+    svg = canvas.to_svg()
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
+    assert ET.fromstring(svg).find("{http://www.w3.org/2000/svg}title").text == "A & <b>"
+
+
+def test_charts_are_valid_svg_with_alt_text():
+    months = [date(2014, m, 1) for m in range(1, 13)] + [date(2015, m, 1) for m in range(1, 13)]
+    panel = plots.SeriesPanel("Emergency admissions", months, [1.0] * 11 + [None] + [2.0] * 12,
+                              [1.0] * 24, [1.5] * 24)
+    rows = [plots.Interval("<script>x</script>", -4.0, -9.0, 1.0, "PACS"),
+            plots.Interval("Site B", 2.0, 0.5, 3.5, "care-home")]
+    figures = [
+        plots.observed_vs_counterfactual([panel, panel], date(2015, 1, 1), "Site A"),
+        plots.forest(rows, "Emergency admissions", "% change", "emergency admissions"),
+        plots.reference_forest(rows, "Published", "absolute change"),
+        plots.love_plot([("Log population", 0.4, 0.05), ("IMD", None, None)], "Site A"),
+        plots.event_study([(-2, 0.1, -0.5, 0.6), (-1, 0.0, -0.4, 0.4), (0, -3.0, -5.0, -1.0)],
+                          "Emergency admissions", "Site A"),
+    ]
+    for figure in figures:
+        root = _svg(figure)
+        assert root.get("role") == "img"
+        assert len(figure.alt) > 40
+    forest_svg = base64.b64decode(figures[1].src.split(",", 1)[1]).decode()
+    assert "&lt;script&gt;x&lt;/script&gt;" in forest_svg
+    assert "0 sites have intervals wholly below zero" in figures[1].alt
+    assert "and 1 wholly above zero" in figures[1].alt
+
+
+def test_page_names_are_safe_file_names():
+    assert page_name("south-somerset") == "south-somerset"
+    unsafe = page_name("../../etc/passwd")
+    assert unsafe.startswith("site-") and "/" not in unsafe and "." not in unsafe
+
+
+def test_check_messages_are_published_without_data_values():
+    from reports.pages import safe_message
+
+    aggregate = "column `count` has 2 values below 0, first at row 5: '-4'; e.g. ['3', \"7\"]"
+    assert safe_message("aggregate", aggregate) == (
+        "column `count` has 2 values below 0, first at row 5: '\u2026'; e.g. ['\u2026', '\u2026']")
+    assert "A1B2C3" not in safe_message("episodes", "bad patient_id 'A1B2C3'")
+    assert safe_message("aggregate", None) == ""
