@@ -5,15 +5,27 @@ the model fail; it quietly changes what the fixed effects absorb. So besides val
 suite proves balance: keys unique, exactly ``n_months`` distinct months, and
 areas x outcomes x months rows in total. Unique keys plus that row count leave no room for a
 gap. A pandas check then names the (area, outcome) pairs with gaps, which GX cannot do.
+
+Two more pandas checks catch what a lost, doubled or mis-scaled extract looks like in a panel
+that is otherwise well formed: counts that jump by more than PANEL_JUMP_FACTOR from one month
+to the next, and populations that jump by more than POPULATION_JUMP_FACTOR.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
-from expectations.contract import AREA_CODE_PATTERN, AREA_MONTH_PANEL, RATE_PER_1000_MAX
+from expectations.contract import (
+    AREA_CODE_PATTERN,
+    AREA_MONTH_PANEL,
+    PANEL_JUMP_FACTOR,
+    PANEL_JUMP_MIN_COUNT,
+    POPULATION_JUMP_FACTOR,
+    RATE_PER_1000_MAX,
+)
 from expectations.validate import (
     EXAMPLE_LIMIT,
     CheckFailure,
@@ -32,6 +44,8 @@ if TYPE_CHECKING:
 
 CONTRACT = AREA_MONTH_PANEL
 RULE_EVERY_MONTH = "panel_has_every_month"
+RULE_COUNT_JUMP = "no_implausible_month_on_month_jump"
+RULE_POPULATION_JUMP = "no_implausible_population_jump"
 
 
 def build_suite(*, n_months: int, n_areas: int, n_outcomes: int) -> gx.ExpectationSuite:
@@ -120,6 +134,56 @@ def check_every_month(n_months: int) -> ExtraCheck:
     return check
 
 
+def check_month_on_month(
+    column: str, factor: float, min_count: int, rule: str
+) -> ExtraCheck:
+    """A check for ``column`` changing by more than ``factor`` between consecutive months.
+
+    Pairs where the larger value is below ``min_count`` are ignored (small-number noise), as
+    are negative and missing values, which other rules report.
+    """
+
+    def check(df: pd.DataFrame) -> list[CheckFailure]:
+        if not pd.api.types.is_numeric_dtype(df[column].dtype):
+            return []  # already reported as a dtype failure
+        ordered = df.sort_values(["area_code", "outcome", "month"], kind="stable")
+        value = ordered[column].astype("float64")
+        previous = ordered.groupby(["area_code", "outcome"], sort=False)[column].shift()
+        previous = previous.astype("float64")
+        high = np.fmax(value, previous)
+        low = np.fmin(value, previous)
+        jump = (low >= 0) & (high >= min_count) & (high > factor * low)
+        if not jump.any():
+            return []
+        bad = ordered[jump.to_numpy()]
+        before = previous[jump.to_numpy()]
+        examples = [
+            f"{r.area_code}/{r.outcome} {_month(r.month)}: {b:,.0f} -> {getattr(r, column):,.0f}"
+            for r, b in zip(bad.head(EXAMPLE_LIMIT).itertuples(), before.head(EXAMPLE_LIMIT),
+                            strict=True)
+        ]
+        return [
+            make_failure(
+                rule,
+                column,
+                f"{column} must not change by more than a factor of {factor:g} from one month "
+                f"to the next (checked where the larger month has at least {min_count:,})",
+                unexpected_count=len(bad),
+                examples=examples,
+                rows=[int(i) for i in bad.index[:EXAMPLE_LIMIT]],
+            )
+        ]
+
+    return check
+
+
+def _month(value: object) -> str:
+    try:
+        return f"{pd.Timestamp(value):%Y-%m}"  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def validate_panel(df: pd.DataFrame, *, n_months: int) -> ValidationResult:
     """Validate the area-month panel, including that it is balanced over ``n_months`` months."""
     if n_months < 1:
@@ -136,5 +200,10 @@ def validate_panel(df: pd.DataFrame, *, n_months: int) -> ValidationResult:
         df,
         CONTRACT,
         suite,
-        extra_checks=[check_first_of_month("month"), check_every_month(n_months)],
+        extra_checks=[
+            check_first_of_month("month"),
+            check_every_month(n_months),
+            check_month_on_month("count", PANEL_JUMP_FACTOR, PANEL_JUMP_MIN_COUNT, RULE_COUNT_JUMP),
+            check_month_on_month("population", POPULATION_JUMP_FACTOR, 1, RULE_POPULATION_JUMP),
+        ],
     )

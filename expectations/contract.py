@@ -54,6 +54,46 @@ POPULATION_MAX = 5_000_000
 #: Exclusive upper bound of a rate per 1,000 population (a rate of 10,000 would be 10 per head).
 RATE_PER_1000_MAX = 10_000
 
+#: A panel count that changes by more than this factor from one month to the next is implausible
+#: (a lost or doubled extract, a units error) once the larger of the two months has at least
+#: PANEL_JUMP_MIN_COUNT events; below that, small-number noise makes large ratios ordinary.
+PANEL_JUMP_FACTOR = 3.0
+PANEL_JUMP_MIN_COUNT = 50
+
+#: An area's population changes slowly; a month-on-month change by more than this factor is a
+#: join or units error, not demography.
+POPULATION_JUMP_FACTOR = 1.5
+
+#: Longest text any contract column may hold. Every code in the contracts is far shorter, so a
+#: longer value is a shifted column, pasted free text or an attack, never data.
+TEXT_MAX_LENGTH = 64
+
+#: First characters that make a spreadsheet treat a cell as a formula (CSV injection).
+FORMULA_PREFIXES: tuple[str, ...] = ("=", "+", "-", "@")
+
+#: NHS ODS organisation codes as NHS England's A&E statistics carry them: trusts ("RF4"),
+#: their sites ("NLO12") and independent or GP-led units ("Y02572").
+ORG_CODE_PATTERN = r"^[A-Z0-9]{3,6}$"
+
+#: A&E department types: 1 major (consultant-led, 24 hour), 2 single specialty, "other" minor
+#: units (walk-in centres, urgent treatment centres).
+AE_TYPES: tuple[str, ...] = ("1", "2", "other")
+
+#: The counts NHS England publishes per organisation, month and department type.
+AE_MEASURES: tuple[str, ...] = ("attendances", "breaches", "admissions")
+
+
+def provider_outcome(measure: str, ae_type: str) -> str:
+    """Outcome id in provider_month_panel, e.g. ('attendances', '1') -> 'ae_attendances_type1'."""
+    suffix = "other" if ae_type == "other" else f"type{ae_type}"
+    return f"ae_{measure}_{suffix}"
+
+
+#: Outcomes of provider_month_panel: one per A&E measure and department type.
+PROVIDER_OUTCOMES: tuple[str, ...] = tuple(
+    provider_outcome(m, t) for m in AE_MEASURES for t in AE_TYPES
+)
+
 
 # --- table shapes --------------------------------------------------------------------------
 
@@ -74,6 +114,8 @@ class Column:
     name: str
     kind: Kind
     nullable: bool = False
+    #: True for person-level identifiers: messages never quote their values in full.
+    identifier: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,7 +155,7 @@ STG_AGGREGATE = TableContract(
 STG_EPISODES = TableContract(
     name="stg_episodes",
     columns=(
-        Column("patient_id", Kind.STRING),
+        Column("patient_id", Kind.STRING, identifier=True),
         Column("admission_date", Kind.DATE),
         Column("discharge_date", Kind.DATE),
         Column("admission_method", Kind.STRING),
@@ -122,6 +164,21 @@ STG_EPISODES = TableContract(
         Column("sex", Kind.STRING),
         Column("area_code", Kind.STRING),
     ),
+)
+
+# NHS England's monthly A&E statistics by provider, as published: one row per month,
+# organisation and department type.
+STG_NHSE_AE = TableContract(
+    name="stg_nhse_ae",
+    columns=(
+        Column("period", Kind.DATE),
+        Column("org_code", Kind.STRING),
+        Column("type", Kind.STRING),
+        Column("attendances", Kind.INTEGER),
+        Column("breaches", Kind.INTEGER),
+        Column("admissions", Kind.INTEGER),
+    ),
+    key=("period", "org_code", "type"),
 )
 
 AREA_MONTH_PANEL = TableContract(
@@ -136,6 +193,27 @@ AREA_MONTH_PANEL = TableContract(
     ),
     key=("area_code", "month", "outcome"),
 )
+
+
+# Organisations are not areas (they have no resident population), so the national A&E data
+# form their own long panel of counts, read by placebo and comparison studies.
+PROVIDER_MONTH_PANEL = TableContract(
+    name="provider_month_panel",
+    columns=(
+        Column("org_code", Kind.STRING),
+        Column("month", Kind.DATE),
+        Column("outcome", Kind.STRING),
+        Column("count", Kind.INTEGER),
+    ),
+    key=("org_code", "month", "outcome"),
+)
+
+#: File contracts by the `kind` recorded in provenance.
+FILE_CONTRACTS: dict[str, TableContract] = {
+    "aggregate": STG_AGGREGATE,
+    "episodes": STG_EPISODES,
+    "nhse_ae": STG_NHSE_AE,
+}
 
 
 # --- study window --------------------------------------------------------------------------
@@ -190,3 +268,19 @@ def is_mental_health_diagnosis(col: str = "primary_diagnosis") -> pl.Expr:
     episodes without a recorded diagnosis are counted as not mental health.
     """
     return pl.col(col).cast(pl.String).str.starts_with("F").fill_null(False)
+
+
+# --- DuckDB twins of the clinical fields ---------------------------------------------------
+# Large episode files are aggregated inside DuckDB; these give the same answers as the polars
+# expressions above (tests/unit/test_ingest_episodes.py compares them on a case table).
+
+
+def emergency_admission_sql(col: str = "admission_method") -> str:
+    """SQL twin of ``is_emergency_admission``: false, never null, outside the emergency codes."""
+    codes = ", ".join(f"'{code}'" for code in sorted(EMERGENCY_ADMIMETH))
+    return f"coalesce({col} IN ({codes}), false)"
+
+
+def mental_health_diagnosis_sql(col: str = "primary_diagnosis") -> str:
+    """SQL twin of ``is_mental_health_diagnosis``: ICD-10 chapter F, false when blank."""
+    return f"coalesce(starts_with({col}, 'F'), false)"

@@ -3,6 +3,9 @@
 These counts feed the difference-in-differences model directly, so the suite guards what
 the model silently relies on: one row per (area, month, measure), months inside the study
 window, non-negative counts and a plausible population for the log offset.
+
+``sql_rules`` states the same row-level rules in SQL; ingest runs them on every row of a file
+in DuckDB, and the GX suite here validates the staged rows in pandas chunks.
 """
 
 from __future__ import annotations
@@ -18,6 +21,18 @@ from expectations.contract import (
     POPULATION_MAX,
     STG_AGGREGATE,
     study_window,
+)
+from expectations.sql_rules import (
+    RuleContext,
+    SqlRule,
+    first_of_month_rule,
+    not_after_extract_rules,
+    pattern_rule,
+    range_rule,
+    set_rule,
+    site_area_rules,
+    text_rules,
+    window_rule,
 )
 from expectations.validate import (
     ValidationResult,
@@ -93,3 +108,23 @@ def validate_aggregate(df: pd.DataFrame, *, start: date, end: date) -> Validatio
         lambda _prepared: build_suite(start=start, end=end),
         extra_checks=[check_first_of_month("month")],
     )
+
+
+def sql_rules(ctx: RuleContext) -> list[SqlRule]:
+    """Row-level rules of one aggregate file, for DuckDB (the key is checked separately)."""
+    return [
+        *text_rules(CONTRACT),
+        pattern_rule("area_code", AREA_CODE_PATTERN, f"area_code must match {AREA_CODE_PATTERN}"),
+        *site_area_rules(ctx),
+        window_rule("month", ctx),
+        first_of_month_rule("month"),
+        *not_after_extract_rules(["month"], ctx),
+        set_rule("measure", MEASURES, f"measure must be one of {', '.join(MEASURES)}"),
+        range_rule("count", "count must be >= 0 (a count of events cannot be negative)", low=0),
+        range_rule(
+            "population",
+            f"population must be > 0 and <= {POPULATION_MAX:,} "
+            "(it is the model's log offset and the rate denominator)",
+            low=0, high=POPULATION_MAX, strict_low=True,
+        ),
+    ]

@@ -4,6 +4,9 @@ Episodes are aggregated into monthly counts, so a bad code here becomes a wrong 
 without any error: an unknown admission method drops out of the emergency measure, a
 malformed diagnosis drops out of the mental-health measure, an admission outside the window
 shifts counts between periods. The suite catches those before aggregation.
+
+``sql_rules`` states the same row-level rules in SQL; ingest runs them on every row of a file
+in DuckDB (files of millions of rows), and the GX suite here validates staged rows in chunks.
 """
 
 from __future__ import annotations
@@ -23,6 +26,17 @@ from expectations.contract import (
     SEX_CODES,
     STG_EPISODES,
     study_window,
+)
+from expectations.sql_rules import (
+    RuleContext,
+    SqlRule,
+    not_after_extract_rules,
+    pattern_rule,
+    range_rule,
+    set_rule,
+    site_area_rules,
+    text_rules,
+    window_rule,
 )
 from expectations.validate import ValidationResult, import_gx, run_suite, table_expectations
 
@@ -103,3 +117,37 @@ def build_suite(*, start: date, end: date) -> gx.ExpectationSuite:
 def validate_episodes(df: pd.DataFrame, *, start: date, end: date) -> ValidationResult:
     """Validate one frame of stg_episodes against the contract and the study window."""
     return run_suite(df, CONTRACT, lambda _prepared: build_suite(start=start, end=end))
+
+
+def sql_rules(ctx: RuleContext) -> list[SqlRule]:
+    """Row-level rules of one episodes file, for DuckDB."""
+    admimeth = sorted(ADMIMETH_CODES)
+    return [
+        *text_rules(CONTRACT),
+        pattern_rule(
+            "patient_id", PATIENT_ID_PATTERN,
+            "patient_id must be a pseudonym of 16 upper-case hex characters",
+        ),
+        window_rule("admission_date", ctx),
+        SqlRule(
+            "expect_column_pair_values_a_to_be_greater_than_b", "discharge_date, admission_date",
+            "discharge_date < admission_date",
+            "discharge_date must be on or after admission_date",
+            show="CAST(discharge_date AS VARCHAR) || ' < ' || CAST(admission_date AS VARCHAR)",
+        ),
+        *not_after_extract_rules(["admission_date", "discharge_date"], ctx),
+        set_rule(
+            "admission_method", admimeth,
+            f"admission_method must be a HES ADMIMETH code ({', '.join(admimeth)})",
+        ),
+        pattern_rule(
+            "primary_diagnosis", ICD10_PATTERN,
+            "primary_diagnosis must be an ICD-10 code such as J18, J189 or J18.9 "
+            f"({ICD10_PATTERN})",
+        ),
+        range_rule("age", f"age must be between {AGE_MIN} and {AGE_MAX} years",
+                   low=AGE_MIN, high=AGE_MAX),
+        set_rule("sex", SEX_CODES, f"sex must be a HES sex code ({', '.join(sorted(SEX_CODES))})"),
+        pattern_rule("area_code", AREA_CODE_PATTERN, f"area_code must match {AREA_CODE_PATTERN}"),
+        *site_area_rules(ctx),
+    ]

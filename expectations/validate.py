@@ -89,6 +89,8 @@ class CheckFailure:
     (column set, row count) and counts (area, outcome) groups for panel completeness.
     ``rows`` are 0-based row positions in the validated frame, where the rule can name them.
     ``expected`` says what the rule requires; ``message`` is the full sentence for people.
+    ``lines`` are 1-based line numbers in the source file, when the failure came from a file
+    (ingest fills them in; a CSV record can span lines, so they are not ``rows + 2``).
     """
 
     rule: str
@@ -98,6 +100,7 @@ class CheckFailure:
     examples: list = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
     expected: str = ""
+    lines: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +111,7 @@ class CheckFailure:
             "examples": [_jsonable(v) for v in self.examples],
             "rows": list(self.rows),
             "expected": self.expected,
+            "lines": list(self.lines),
         }
 
 
@@ -299,6 +303,15 @@ def _context() -> Any:
     context.data_sources.add_pandas(_DATASOURCE)
     _quiet_gx_loggers()
     return context
+
+
+def warm_up() -> None:
+    """Import Great Expectations and build its context now.
+
+    That takes seconds; ingest calls this before it takes the warehouse's write lock, so
+    other processes are not kept waiting while a library loads.
+    """
+    _context()
 
 
 @functools.cache

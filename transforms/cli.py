@@ -34,17 +34,26 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from transforms.pipeline import ingest_source
+    # transforms.ingest alone: the modelling stack is not needed to load a file
+    from transforms.ingest import IngestError, ingest_file
 
     db = resolve_db(args.db)
     quarantine_dir = Path(args.quarantine) if args.quarantine else db.parent / "quarantine"
-    report = ingest_source(db, _protocol(args), args.site, [Path(f) for f in args.files],
-                           quarantine_dir)
-    for outcome in report.outcomes:
-        print(f"{outcome.status}: {outcome.path} ({outcome.rows_loaded} rows)")
-    for error in report.errors:
-        print(f"QUARANTINED: {error}", file=sys.stderr)
-    return 1 if report.errors else 0
+    protocol = _protocol(args)
+    refused = 0
+    for name in args.files:
+        try:
+            outcome = ingest_file(db, args.site, Path(name), protocol, quarantine_dir)
+        except IngestError as exc:
+            refused += 1
+            print(f"QUARANTINED: {exc}", file=sys.stderr)
+            continue
+        print(f"{outcome.status}: {outcome.path} ({outcome.rows_loaded:,} of "
+              f"{outcome.rows_received:,} rows loaded)")
+    if refused:
+        print(f"{refused} of {len(args.files)} file(s) refused; see {quarantine_dir}",
+              file=sys.stderr)
+    return 1 if refused else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -72,12 +81,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from transforms.status import run_status
+    from transforms.status import load_status, run_status
 
-    text, ok = run_status(resolve_db(args.db), Path(args.out),
-                          Path(args.truth) if args.truth else None)
-    print(text)
-    return 0 if ok else 1
+    db = resolve_db(args.db)
+    ok = True
+    if args.out:
+        text, ok = run_status(db, Path(args.out), Path(args.truth) if args.truth else None)
+        print(text)
+    files, files_ok = load_status(db)
+    print(files)
+    return 0 if ok and files_ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,12 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="validate and load extract files for one source",
                             description="Validate files against the data contract and load "
-                                        "each all-or-nothing; bad files are quarantined.")
+                                        "each all-or-nothing; bad files are moved to "
+                                        "quarantine with a reason. Exit 0 when every file "
+                                        "loaded (or was already loaded), 1 when any was "
+                                        "refused.")
     add_common(ingest)
     ingest.add_argument("--site", required=True,
                         help="site id from the protocol, or 'comparison' for the national pool")
     ingest.add_argument("--quarantine", help="quarantine directory (default: next to the db)")
-    ingest.add_argument("files", nargs="+", help="CSV files")
+    ingest.add_argument("files", nargs="+",
+                        help="extract files: CSV (.csv, .csv.gz) or Parquet (.parquet)")
     ingest.set_defaults(func=cmd_ingest)
 
     run = sub.add_parser("run", help="the whole pipeline without Airflow",
@@ -132,14 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="report directory")
     report.set_defaults(func=cmd_report)
 
-    status = sub.add_parser("status", help="check the latest run and summarise its estimates",
-                            description="Exit 0 only if the latest run succeeded and its "
-                                        "reports exist; with --truth, set the demo's injected "
-                                        "effects beside the estimates.")
+    status = sub.add_parser("status", help="files received, refusals, and the latest run",
+                            description="List every file received with its reconciliation "
+                                        "(rows received = loaded + quarantined) and checks, "
+                                        "and the reason for each refusal. With --out, also "
+                                        "check the latest run and its reports; with --truth, "
+                                        "set the demo's injected effects beside the "
+                                        "estimates. Exit 0 only if every file reconciles, no "
+                                        "refusal is outstanding and (with --out) the latest "
+                                        "run succeeded with its reports written.")
     status.add_argument("--db", help="DuckDB warehouse")
-    status.add_argument("--out", required=True, help="report directory")
-    status.add_argument("--truth", help="truth.json written by demo-data")
+    status.add_argument("--out", help="report directory (checks the latest run)")
+    status.add_argument("--truth", help="truth.json written by demo-data (with --out)")
     status.set_defaults(func=cmd_status)
+
+    from transforms.did.cli import register as register_did
+
+    register_did(sub)
     return parser
 
 

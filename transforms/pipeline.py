@@ -20,8 +20,8 @@ import polars as pl
 from transforms import warehouse
 from transforms.estimators import fit_poisson_did, pre_post_rates
 from transforms.ingest import IngestError, IngestOutcome, ingest_file, landing_files
-from transforms.matching import match_site, nearest_neighbours, pre_period_features
-from transforms.panel import build_panel, incomplete_areas, select_current
+from transforms.matching import match_site, nearest_neighbours, site_features
+from transforms.panel import build_panel, incomplete_areas
 from transforms.protocol import Protocol
 from transforms.version import code_version
 
@@ -113,13 +113,17 @@ def ingest_source(
             outcomes.append(ingest_file(db, source_id, path, protocol, quarantine_dir))
         except IngestError as exc:
             errors.append(str(exc))
+    loaded = sum(o.rows_loaded for o in outcomes)
+    log.info("%s: %d file(s) loaded or already loaded (%d rows), %d refused",
+             source_id, len(outcomes), loaded, len(errors))
     return IngestReport(outcomes, errors)
 
 
 def sources_in(landing: Path, protocol: Protocol) -> dict[str, list[Path]]:
     """Landing files grouped by source id, leaving out sites excluded from this run.
 
-    Unknown sources stay in, so that ingest rejects them loudly.
+    Unknown sources stay in, so that ingest rejects them loudly. Markers of files refused by
+    an earlier run are listed too, so the refusal is reported until it is dealt with.
     """
     skipped = {site.id for site in protocol.excluded_sites}
     grouped: dict[str, list[Path]] = {}
@@ -131,16 +135,36 @@ def sources_in(landing: Path, protocol: Protocol) -> dict[str, list[Path]]:
     return grouped
 
 
-def build_panel_step(db: Path, protocol: Protocol) -> int:
-    """Rebuild the area-month panel from current staging, validate it, and store it."""
-    from expectations import validate_panel
+_STAGED_AGGREGATE = (
+    "SELECT s.source_id, s.area_code, s.month, s.measure, s.count, s.population, "
+    "p.extract_date, p.event_id FROM stg_aggregate s JOIN provenance p USING (event_id)"
+)
+_STAGED_EPISODE_COUNTS = (
+    "SELECT e.source_id, e.area_code, e.month, e.measure, e.count, p.extract_date, p.event_id "
+    "FROM area_month_episodes e JOIN provenance p USING (event_id)"
+)
+_STAGED_NATIONAL_AE = (
+    "SELECT n.period, n.org_code, n.type, n.attendances, n.breaches, n.admissions, "
+    "p.extract_date, p.event_id FROM stg_nhse_ae n JOIN provenance p USING (event_id)"
+)
 
-    staged = warehouse.query(
-        db,
-        "SELECT s.source_id, s.area_code, s.month, s.measure, s.count, s.population, "
-        "p.extract_date, p.event_id FROM stg_aggregate s JOIN provenance p USING (event_id)",
-    )
-    current = select_current(staged, protocol.vanguard_areas)
+
+def build_panel_step(db: Path, protocol: Protocol) -> int:
+    """Rebuild the area-month panel and the national provider-month panel from current
+    staging, validate both, and store them together."""
+    from expectations import validate_panel, validate_provider_panel
+    from transforms.panel import build_provider_panel, current_counts, episode_disagreements
+
+    staged = warehouse.query(db, _STAGED_AGGREGATE)
+    episodes = warehouse.query(db, _STAGED_EPISODE_COUNTS)
+    differing = episode_disagreements(staged, episodes, protocol.vanguard_areas)
+    if differing.height:
+        log.warning(
+            "panel: %d area-month-measure counts differ between a site's aggregate file and "
+            "its episodes of the same extract (episodes used), e.g. %s",
+            differing.height, differing.head(3).rows(),
+        )
+    current = current_counts(staged, episodes, protocol.vanguard_areas)
     panel = build_panel(current, protocol.outcomes, protocol.months)
     missing_sites = sorted(a for a in protocol.site_areas if a not in set(panel["area_code"]))
     if missing_sites:
@@ -154,14 +178,32 @@ def build_panel_step(db: Path, protocol: Protocol) -> int:
     result = validate_panel(panel.to_pandas(), n_months=len(protocol.months))
     if not result.success:
         raise PipelineError(f"panel failed validation:\n{result.summary()}")
+
+    providers = build_provider_panel(warehouse.query(db, _STAGED_NATIONAL_AE), protocol.months)
+    provider_result = None
+    if providers.height:
+        provider_result = validate_provider_panel(
+            providers.to_pandas(), start=protocol.start, end=protocol.end
+        )
+        if not provider_result.success:
+            raise PipelineError(
+                f"provider panel failed validation:\n{provider_result.summary()}"
+            )
     with warehouse.connect(db) as con, warehouse.transaction(con):
         warehouse.replace_rows(con, "area_month_panel", panel, "true", [])
-        con.execute(
-            "INSERT INTO validation_results VALUES (NULL, 'area_month_panel', ?, ?, ?, ?, ?)",
-            [result.suite, result.success, result.evaluated,
-             json.dumps(result.to_dict(), default=str), now()],
-        )
-    log.info("panel: %d rows, %d areas", panel.height, panel["area_code"].n_unique())
+        warehouse.replace_rows(con, "provider_month_panel", providers, "true", [])
+        for target, checked in (("area_month_panel", result),
+                                ("provider_month_panel", provider_result)):
+            if checked is None:
+                continue
+            con.execute(
+                "INSERT INTO validation_results VALUES (NULL, ?, ?, ?, ?, ?, ?)",
+                [target, checked.suite, checked.success, checked.evaluated,
+                 json.dumps(checked.to_dict(), default=str), now()],
+            )
+    log.info("panel: %d rows, %d areas; provider panel: %d rows, %d organisations",
+             panel.height, panel["area_code"].n_unique(), providers.height,
+             providers["org_code"].n_unique())
     return panel.height
 
 
@@ -171,21 +213,30 @@ def comparison_pool(panel_areas: list[str], protocol: Protocol) -> list[str]:
     return sorted(a for a in panel_areas if a not in vanguard)
 
 
-def match_step(db: Path, protocol: Protocol, site_id: str) -> pl.DataFrame:
-    """Choose and store a site's comparison areas."""
-    site = protocol.site(site_id)
+def _matching_inputs(db: Path, protocol: Protocol) -> tuple[pl.DataFrame, list[str],
+                                                             pl.DataFrame]:
+    """The matching outcome's panel, the comparison pool and the area descriptors."""
     rule = protocol.comparison
     panel = warehouse.query(
         db, "SELECT * FROM area_month_panel WHERE outcome = ?", [rule.matching_outcome]
     )
     pool = comparison_pool(panel["area_code"].unique().to_list(), protocol)
-    matched = match_site(
-        panel, site, pool, outcome=rule.matching_outcome,
-        pre_months=protocol.pre_period_months, on=rule.match_on, k=rule.matches_per_area,
-    )
+    areas = warehouse.query(db, "SELECT * FROM ref_areas")
+    return panel, pool, areas
+
+
+def match_step(db: Path, protocol: Protocol, site_id: str) -> pl.DataFrame:
+    """Choose and store a site's comparison areas and its balance table."""
+    site = protocol.site(site_id)
+    panel, pool, areas = _matching_inputs(db, protocol)
+    matched, balance = match_site(panel, site, pool, protocol.comparison,
+                                  protocol.pre_period_months, areas)
     with warehouse.connect(db) as con, warehouse.transaction(con):
         warehouse.replace_rows(con, "comparison_areas", matched, "site_id = ?", [site_id])
-    log.info("%s: %d comparison areas", site_id, matched["area_code"].n_unique())
+        warehouse.replace_rows(con, "balance", balance, "site_id = ?", [site_id])
+    worst = balance["smd_after"].abs().max()
+    log.info("%s: %d comparison areas, largest |SMD| after matching %.2f", site_id,
+             matched["area_code"].n_unique(), worst)
     return matched
 
 
@@ -193,14 +244,11 @@ def placebo_donors(db: Path, protocol: Protocol, site_id: str) -> list[str]:
     """Non-vanguard areas most like the site before go-live, to serve as placebos."""
     site = protocol.site(site_id)
     rule = protocol.comparison
-    panel = warehouse.query(
-        db, "SELECT * FROM area_month_panel WHERE outcome = ?", [rule.matching_outcome]
-    )
-    pool = comparison_pool(panel["area_code"].unique().to_list(), protocol)
-    features = pre_period_features(panel, rule.matching_outcome, site.go_live,
-                                   protocol.pre_period_months)
+    panel, pool, areas = _matching_inputs(db, protocol)
+    features = site_features(panel, site, rule, protocol.pre_period_months, areas)
     k = min(protocol.placebo_donors, len(pool))
-    nearest = nearest_neighbours(features, list(site.areas), pool, rule.match_on, k)
+    nearest = nearest_neighbours(features, list(site.areas), pool, rule.match_on, k,
+                                 metric=rule.metric)
     return sorted(set(nearest["area_code"].to_list()))
 
 

@@ -1,22 +1,31 @@
 """The DuckDB warehouse: the only module that reads and writes the database.
 
 Layers, from raw to published:
-  provenance, validation_results   what was received and what the checks said
-  stg_aggregate, stg_episodes      site extracts, renamed and typed only (patient rows stay here)
+  provenance, validation_results   what was received and what the checks said; current_files
+                                   (view) is the loaded files no later extract replaced
+  stg_aggregate, stg_episodes,     extracts, renamed and typed only (patient rows stay in
+  stg_nhse_ae                      stg_episodes); one event_id per file
+  area_month_episodes              episodes counted per file, area, month and measure
+                                   (aggregates only, written in the same transaction)
   ref_areas                        area descriptors (population, age, deprivation)
   area_month_panel                 one row per area x month x outcome, aggregates only
+  provider_month_panel             national A&E counts per organisation x month x outcome
   sites, comparison_areas          the protocol's sites and each site's matched comparators
   model_results, model_series      estimates and the series behind the plots
   runs                             one row per pipeline run, for the provenance footer
 
-DuckDB allows one writer at a time, so every function opens a short-lived connection and
-closes it; orchestrators must serialise writing tasks.
+DuckDB allows one process at a time to open the file for writing (and none to read while it
+does), so every function opens a short-lived connection and closes it. `connect` waits for a
+lock held by another process, retrying with exponential backoff and jitter, so concurrent
+writers queue rather than fail; $VANGUARD_LOCK_TIMEOUT (seconds, default 600) bounds the wait.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,8 +52,10 @@ CREATE TABLE IF NOT EXISTS provenance (
     message           VARCHAR,
     loaded_at         TIMESTAMP NOT NULL,
     code_version      VARCHAR NOT NULL,
+    superseded_by     BIGINT,
     CHECK (rows_received = rows_loaded + rows_quarantined)
 );
+
 CREATE TABLE IF NOT EXISTS validation_results (
     event_id      BIGINT,
     target        VARCHAR NOT NULL,
@@ -70,10 +81,28 @@ CREATE TABLE IF NOT EXISTS stg_episodes (
     admission_date     DATE NOT NULL,
     discharge_date     DATE NOT NULL,
     admission_method   VARCHAR NOT NULL,
-    primary_diagnosis  VARCHAR NOT NULL,
+    primary_diagnosis  VARCHAR,
     age                SMALLINT NOT NULL,
     sex                VARCHAR NOT NULL,
     area_code          VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stg_nhse_ae (
+    event_id     BIGINT NOT NULL,
+    source_id    VARCHAR NOT NULL,
+    period       DATE NOT NULL,
+    org_code     VARCHAR NOT NULL,
+    type         VARCHAR NOT NULL,
+    attendances  BIGINT NOT NULL,
+    breaches     BIGINT NOT NULL,
+    admissions   BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS area_month_episodes (
+    event_id   BIGINT NOT NULL,
+    source_id  VARCHAR NOT NULL,
+    area_code  VARCHAR NOT NULL,
+    month      DATE NOT NULL,
+    measure    VARCHAR NOT NULL,
+    count      BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ref_areas (
     area_code          VARCHAR PRIMARY KEY,
@@ -90,6 +119,13 @@ CREATE TABLE IF NOT EXISTS area_month_panel (
     population     BIGINT NOT NULL,
     rate_per_1000  DOUBLE NOT NULL,
     PRIMARY KEY (area_code, month, outcome)
+);
+CREATE TABLE IF NOT EXISTS provider_month_panel (
+    org_code  VARCHAR NOT NULL,
+    month     DATE NOT NULL,
+    outcome   VARCHAR NOT NULL,
+    count     BIGINT NOT NULL,
+    PRIMARY KEY (org_code, month, outcome)
 );
 CREATE TABLE IF NOT EXISTS sites (
     site_id               VARCHAR PRIMARY KEY,
@@ -135,6 +171,15 @@ CREATE TABLE IF NOT EXISTS model_results (
     fitted_at           TIMESTAMP NOT NULL,
     PRIMARY KEY (site_id, outcome)
 );
+CREATE TABLE IF NOT EXISTS balance (
+    site_id       VARCHAR NOT NULL,
+    feature       VARCHAR NOT NULL,
+    mean_site     DOUBLE NOT NULL,
+    mean_pool     DOUBLE NOT NULL,
+    mean_matched  DOUBLE NOT NULL,
+    smd_before    DOUBLE NOT NULL,
+    smd_after     DOUBLE NOT NULL
+);
 CREATE TABLE IF NOT EXISTS model_series (
     site_id                   VARCHAR NOT NULL,
     outcome                   VARCHAR NOT NULL,
@@ -159,23 +204,105 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE SEQUENCE IF NOT EXISTS provenance_event_id START 1;
 """
 
+# Changes to tables of warehouses created by earlier versions: (test, expected, change). A
+# change runs only when its test query does not return `expected`, so that opening the
+# warehouse writes nothing once it is up to date.
+MIGRATIONS = [
+    (
+        "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'provenance' "
+        "AND column_name = 'superseded_by'",
+        1,
+        "ALTER TABLE provenance ADD COLUMN superseded_by BIGINT",
+    ),
+    (  # HES leaves the diagnosis blank on some episodes; the contract allows it
+        "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'stg_episodes' "
+        "AND column_name = 'primary_diagnosis' AND NOT is_nullable",
+        0,
+        "ALTER TABLE stg_episodes ALTER COLUMN primary_diagnosis DROP NOT NULL",
+    ),
+]
+
+VIEWS = """
+CREATE VIEW IF NOT EXISTS current_files AS
+    SELECT * FROM provenance WHERE status = 'loaded' AND superseded_by IS NULL;
+"""
+
+#: Seconds to wait for another process's lock before giving up, unless $VANGUARD_LOCK_TIMEOUT.
+LOCK_TIMEOUT = 600.0
+
+
+class WarehouseBusy(RuntimeError):
+    """Another process held the warehouse for longer than the lock timeout."""
+
+
 
 def resolve_db(db: str | Path | None) -> Path:
     """The warehouse path: explicit argument, else $VANGUARD_DB, else ./vanguard.duckdb."""
     return Path(db or os.environ.get("VANGUARD_DB") or DEFAULT_DB)
 
 
+def _is_lock_conflict(exc: duckdb.Error) -> bool:
+    text = str(exc)
+    return "Could not set lock" in text or "Conflicting lock" in text
+
+
+def lock_timeout() -> float:
+    """How long `connect` waits for another process's lock ($VANGUARD_LOCK_TIMEOUT seconds)."""
+    value = os.environ.get("VANGUARD_LOCK_TIMEOUT")
+    return float(value) if value else LOCK_TIMEOUT
+
+
+def open_with_retry(path: Path, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
+    """Open the database, waiting with capped exponential backoff while another process has it.
+
+    Jitter spreads the retries of processes that collided at the same moment, so eight
+    waiting writers do not all wake together. Errors other than a lock conflict are raised
+    at once.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    waited = False
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            remaining = deadline - time.monotonic()
+            if not _is_lock_conflict(exc) or remaining <= 0:
+                if _is_lock_conflict(exc):
+                    raise WarehouseBusy(
+                        f"warehouse {path} stayed locked by another process for {timeout:g} s "
+                        f"(set VANGUARD_LOCK_TIMEOUT to wait longer): {exc}"
+                    ) from exc
+                raise
+            if not waited:
+                log.info("%s is in use by another process; waiting for it", path)
+                waited = True
+            time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
+            delay = min(delay * 2, 1.0)
+        else:
+            if waited:
+                log.info("%s: lock acquired", path)
+            return con
+
+
 @contextmanager
 def connect(db: str | Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A short-lived connection with the schema in place (writers create it if needed)."""
+    """A short-lived connection with the schema in place (writers create it if needed).
+
+    Waits (see `open_with_retry`) while another process holds the database.
+    """
     path = Path(db)
     if read_only and not path.exists():
         raise FileNotFoundError(f"warehouse {path} does not exist; run `vanguard run` first")
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path), read_only=read_only)
+    con = open_with_retry(path, read_only, lock_timeout())
     try:
         if not read_only:
             con.execute(SCHEMA)
+            for test, expected, change in MIGRATIONS:
+                if con.execute(test).fetchall()[0][0] != expected:
+                    con.execute(change)
+            con.execute(VIEWS)
         yield con
     finally:
         con.close()
