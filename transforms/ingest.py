@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, NoReturn, cast
 
 import duckdb
 import polars as pl
@@ -319,7 +319,15 @@ def _csv_header(path: Path, compression: str) -> tuple[str, ...]:
     if not text.strip():
         raise _reject(path, "header_present",
                       "line 1 is blank; the first line must be the header")
-    return tuple(name.strip() for name in next(csv.reader([text])))
+    if "\r" in text:
+        raise _reject(path, "csv_line_endings",
+                      "line 1 (the header) holds a carriage return (CR) that does not end the "
+                      "line; save the file with LF or CRLF line ends")
+    try:
+        return tuple(name.strip() for name in next(csv.reader([text])))
+    except csv.Error as exc:
+        raise _reject(path, "csv_readable",
+                      f"line 1 (the header) cannot be parsed as CSV ({exc})") from exc
 
 
 def _parquet_columns(path: Path) -> tuple[str, ...]:
@@ -359,7 +367,8 @@ def detect_kind(columns: Iterable[str], path: Path) -> str:
     duplicated = sorted({c for c in columns if columns.count(c) > 1})
     if duplicated:
         raise _reject(path, "expect_table_columns_to_match_set",
-                      f"header repeats columns {duplicated}", column=", ".join(duplicated))
+                      f"header repeats columns {duplicated[:10]}",
+                      column=", ".join(duplicated[:10]))
     if len(columns) == 1:
         for delimiter, label in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
             if delimiter in columns[0]:
@@ -383,14 +392,16 @@ def detect_kind(columns: Iterable[str], path: Path) -> str:
             close = missing
         if close:
             hints.append(f"is '{name}' the column '{close[0]}' renamed?")
+    shown = [name[:40] for name in extra[:10]] + ([f"... {len(extra) - 10} more"]
+                                                  if len(extra) > 10 else [])
     detail = (
         f"header does not match the {kind} contract: "
-        f"missing columns {missing or 'none'}, unexpected columns {extra or 'none'}"
+        f"missing columns {missing or 'none'}, unexpected columns {shown or 'none'}"
         + (f" ({'; '.join(hints)})" if hints else "")
         + f"; expected exactly {expected}"
     )
     raise _reject(path, "expect_table_columns_to_match_set", detail,
-                  column=", ".join(missing + extra) or None)
+                  column=", ".join(missing + shown) or None)
 
 
 # --- stage: DuckDB reads and types the file ------------------------------------------------
@@ -814,7 +825,7 @@ def _already_loaded(con: duckdb.DuckDBPyConnection, source_id: str, sha: str) ->
     return bool(n)
 
 
-def _report_marker(db: Path, source_id: str, marker: Path) -> IngestOutcome:
+def _report_marker(db: Path, source_id: str, marker: Path) -> NoReturn:
     """A file refused earlier: record the refusal again and raise, so the run stays loud."""
     try:
         earlier = json.loads(marker.read_text())
@@ -848,7 +859,7 @@ def ingest_file(
     """Load one file for one source all-or-nothing, or quarantine it and raise IngestError."""
     db, path, quarantine_dir = Path(db), Path(path), Path(quarantine_dir)
     if path.name.endswith(REJECTED_SUFFIX):
-        return _report_marker(db, source_id, path)
+        _report_marker(db, source_id, path)
     kind, sha, extract, scan = "unknown", "", None, None
     try:
         check_source(source_id, protocol, path)

@@ -133,6 +133,8 @@ CASES = [
          ("line 2", "4 fields")),
     Case("mixed line ends", agg(ROW.replace("\n", "\r\n"), ROW), "csv_line_endings",
          ("line 2 ends with CRLF but line 1 with LF",)),
+    Case("old Mac line ends", agg(ROW, ROW).replace(b"\n", b"\r"), "csv_line_endings",
+         ("line 1 (the header) holds a carriage return",)),
     Case("unterminated quote", agg(ROW, 'A021,2015-04-01,"bed_days,5,314435\n', ROW),
          "csv_quoting", ("never closes",)),
     # -- types
