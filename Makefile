@@ -13,7 +13,6 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export GX_ANALYTICS_ENABLED := False
-export MPLBACKEND := Agg
 
 # Debian packages: WeasyPrint's text stack and fonts for the PDF papers (PDF_PACKAGES), and
 # the browser and PDF tools the report tests look through (the rest). Installed only if
