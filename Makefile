@@ -21,7 +21,7 @@ PDF_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejav
 SYSTEM_PACKAGES := $(PDF_PACKAGES) chromium poppler-utils
 APT := $(if $(filter 0,$(shell id -u)),,sudo )env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: demo test install install-dev lock clean pdf-deps system-deps
+.PHONY: demo test install install-dev bench-deps lock clean pdf-deps system-deps
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,16 @@ $(VENV)/.installed-dev: requirements-dev.lock setup.cfg | $(BIN)/uv
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@ $(VENV)/.installed
 
+# Peer packages for bench/estimate.py only; their lock pins everything requirements-dev.lock
+# pins at the same versions, so they share the one venv without moving any of them.
+$(VENV)/.installed-bench: requirements-bench.lock setup.cfg | $(BIN)/uv
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -r requirements-bench.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+bench-deps: $(VENV)/.installed-bench
 
 pdf-deps:
 	@dpkg -s $(PDF_PACKAGES) > /dev/null 2>&1 \
@@ -57,6 +65,9 @@ demo: pdf-deps install $(AIRFLOW_HOME)/airflow.db
 	$(BIN)/airflow dags test vanguard_nightly \
 	  --conf '{"db": "$(CURDIR)/$(DEMO_DIR)/vanguard.duckdb", "landing": "$(CURDIR)/$(DEMO_DIR)/landing", "out": "$(CURDIR)/$(OUT_DIR)", "protocol": "$(CURDIR)/evaluation.toml"}' \
 	  > $(DEMO_DIR)/airflow.log 2>&1 || { tail -50 $(DEMO_DIR)/airflow.log; exit 1; }
+	$(BIN)/airflow dags test vanguard_reports \
+	  --conf '{"db": "$(CURDIR)/$(DEMO_DIR)/vanguard.duckdb", "out": "$(CURDIR)/$(OUT_DIR)"}' \
+	  >> $(DEMO_DIR)/airflow.log 2>&1 || { tail -50 $(DEMO_DIR)/airflow.log; exit 1; }
 	$(BIN)/vanguard status --db $(DEMO_DIR)/vanguard.duckdb --out $(OUT_DIR) --truth $(DEMO_DIR)/truth.json
 
 test: system-deps install-dev $(AIRFLOW_HOME)/airflow.db
@@ -65,6 +76,7 @@ test: system-deps install-dev $(AIRFLOW_HOME)/airflow.db
 lock: | $(BIN)/uv
 	$(BIN)/uv pip compile setup.cfg --generate-hashes --python-version 3.11 -o requirements.lock
 	$(BIN)/uv pip compile setup.cfg --extra dev --generate-hashes --python-version 3.11 -o requirements-dev.lock
+	$(BIN)/uv pip compile setup.cfg --extra dev --extra bench -c requirements-dev.lock --generate-hashes --python-version 3.11 -o requirements-bench.lock
 
 clean:
 	rm -rf $(DEMO_DIR) $(OUT_DIR) $(AIRFLOW_HOME)

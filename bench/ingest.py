@@ -70,36 +70,51 @@ def write_episodes(path: str, areas: list[str], rows: int, seed: int, start: str
             frame.write_csv(handle, include_header=offset == 0)
 
 
-def bare_duckdb(path: Path) -> float:
-    """Seconds for a plain read_csv + GROUP BY to the same area-month episode measures."""
+def bare_duckdb(path: Path) -> Timer:
+    """A plain read_csv + GROUP BY to the same area-month episode measures."""
     from transforms.panel import episode_counts_sql
 
     con = duckdb.connect()
-    started = time.perf_counter()
-    con.execute(
-        f"SELECT count(*) FROM ({episode_counts_sql('read_csv(?)')})", [str(path)]
-    ).fetchall()
-    elapsed = time.perf_counter() - started
+    with Timer() as timer:
+        con.execute(
+            f"SELECT count(*) FROM ({episode_counts_sql('read_csv(?)')})", [str(path)]
+        ).fetchall()
     con.close()
-    return elapsed
+    return timer
 
 
-def bare_duckdb_load(path: Path, workdir: Path) -> float:
-    """Seconds to copy the file into a DuckDB table as it is: the floor of any staging."""
+def bare_duckdb_load(path: Path, workdir: Path) -> Timer:
+    """Copy the file into a DuckDB table as it is: the floor of any durable staging."""
     db = workdir / "bare-load.duckdb"
     db.unlink(missing_ok=True)
     con = duckdb.connect(str(db))
-    started = time.perf_counter()
-    con.execute("CREATE TABLE episodes AS SELECT * FROM read_csv(?)", [str(path)])
-    con.execute("CHECKPOINT")
-    elapsed = time.perf_counter() - started
+    with Timer() as timer:
+        con.execute("CREATE TABLE episodes AS SELECT * FROM read_csv(?)", [str(path)])
+        con.execute("CHECKPOINT")
     con.close()
     db.unlink(missing_ok=True)
-    return elapsed
+    return timer
 
 
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process: steadier than wall time on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Timer:
+    """Wall and CPU seconds of a block."""
+
+    def __enter__(self) -> Timer:
+        self.wall, self.cpu = time.perf_counter(), cpu_seconds()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, cpu_seconds() - self.cpu
 
 
 def main() -> None:
@@ -160,30 +175,33 @@ def main() -> None:
         assert not report.errors, report.errors
 
     baseline = [bare_duckdb(big)]
-    print(f"bare DuckDB (1st)      {baseline[0]:8.1f} s", flush=True)
+    print(f"bare DuckDB (1st)      {baseline[0].wall:8.1f} s", flush=True)
 
-    started = time.perf_counter()
-    outcome = ingest_file(db, "comparison", big, protocol, quarantine)
-    ingest_s = time.perf_counter() - started
+    with Timer() as ingest:
+        outcome = ingest_file(db, "comparison", big, protocol, quarantine)
     assert outcome.status == "loaded" and outcome.rows_loaded == args.rows, outcome
-    print(f"ingest + validate      {ingest_s:8.1f} s  ({args.rows / ingest_s:,.0f} rows/s)",
+    print(f"ingest + validate      {ingest.wall:8.1f} s  ({args.rows / ingest.wall:,.0f} rows/s)",
           flush=True)
 
-    started = time.perf_counter()
-    panel_rows = pipeline.build_panel_step(db, protocol)
-    panel_s = time.perf_counter() - started
-    print(f"panel + validate       {panel_s:8.1f} s  ({panel_rows:,} panel rows)", flush=True)
+    with Timer() as panel:
+        panel_rows = pipeline.build_panel_step(db, protocol)
+    print(f"panel + validate       {panel.wall:8.1f} s  ({panel_rows:,} panel rows)", flush=True)
 
     baseline.append(bare_duckdb(big))
-    print(f"bare DuckDB (2nd)      {baseline[1]:8.1f} s", flush=True)
-    bare = sum(baseline) / len(baseline)
+    print(f"bare DuckDB (2nd)      {baseline[1].wall:8.1f} s", flush=True)
     load = bare_duckdb_load(big, work)
-    print(f"bare DuckDB load       {load:8.1f} s  (CREATE TABLE AS read_csv, for reference)")
-    total = ingest_s + panel_s
-    print(f"{'total':<22} {total:8.1f} s  ({args.rows / total:,.0f} rows/s end to end)")
-    print(f"{'ratio to bare DuckDB':<22} {total / bare:8.2f}   "
-          "(read_csv + GROUP BY; target <= 2.0)")
-    print(f"{'ratio to bare load':<22} {total / load:8.2f}   (read_csv into a table)")
+    print(f"bare DuckDB load       {load.wall:8.1f} s  (CREATE TABLE AS read_csv, for reference)")
+    bare_wall = sum(t.wall for t in baseline) / len(baseline)
+    bare_cpu = sum(t.cpu for t in baseline) / len(baseline)
+    total_wall, total_cpu = ingest.wall + panel.wall, ingest.cpu + panel.cpu
+    print(f"{'total':<22} {total_wall:8.1f} s  ({args.rows / total_wall:,.0f} rows/s end to end)")
+    print(f"{'':<22} {'wall':>8} {'CPU':>8}")
+    print(f"{'ratio to bare DuckDB':<22} {total_wall / bare_wall:8.2f} {total_cpu / bare_cpu:8.2f}"
+          "   (read_csv + GROUP BY; target <= 2.0)")
+    print(f"{'ratio to bare load':<22} {total_wall / load.wall:8.2f} {total_cpu / load.cpu:8.2f}"
+          "   (read_csv into a table)")
+    print(f"{'bare load / bare':<22} {load.wall / bare_wall:8.2f} {load.cpu / bare_cpu:8.2f}"
+          "   (the cost of storing the rows at all)")
     print(f"{'peak RSS':<22} {peak_rss_gb():8.2f} GB (target <= 4 GB)")
 
 

@@ -1,16 +1,17 @@
-"""What the reports read: warehouse tables, plus two inputs no pipeline step writes yet.
+"""What the reports read: warehouse tables, plus one input no pipeline step writes yet.
 
 `claims` holds each site's own before/after claims (until a claims step exists, the
-changes in emergency admission rate reported by HSJ, from the shared reference data);
-`event_study` holds event-study coefficients when an estimator provides them. Both are
-created here if absent, so reports can say "not yet estimated" instead of failing.
+changes in emergency admission rate reported by HSJ, from the shared reference data); it
+is created here if absent. `event_study` (coefficients by quarter since go-live, as %
+change, with the pre-trend p-value) is written by the pipeline's fit step and defined
+with the other warehouse tables; a site without rows shows "not yet estimated".
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -25,14 +26,6 @@ CREATE TABLE IF NOT EXISTS claims (
     outcome             VARCHAR NOT NULL,
     claimed_pct_change  DOUBLE NOT NULL,
     source              VARCHAR NOT NULL
-);
-CREATE TABLE IF NOT EXISTS event_study (
-    site_id   VARCHAR NOT NULL,
-    outcome   VARCHAR NOT NULL,
-    e         INTEGER NOT NULL,
-    estimate  DOUBLE NOT NULL,
-    ci_low    DOUBLE NOT NULL,
-    ci_high   DOUBLE NOT NULL
 );
 """
 
@@ -76,7 +69,8 @@ def claims_from_reference(sites: pl.DataFrame, reference: pl.DataFrame) -> pl.Da
 
 
 def ensure_report_tables(db: Path) -> None:
-    """Create the claims and event_study tables if no step has made them yet."""
+    """Create the claims table if no step has made it yet; opening the warehouse for
+    writing brings the other tables (event_study among them) up to date."""
     with warehouse.connect(db) as con:
         con.execute(REPORT_SCHEMA)
 
@@ -124,6 +118,7 @@ class ReportData:
     claims: pl.DataFrame
     event_study: pl.DataFrame
     morciano: pl.DataFrame
+    claim_checks: pl.DataFrame = field(default_factory=pl.DataFrame)
 
 
 QUERIES = {
@@ -148,6 +143,7 @@ QUERIES = {
     ),
     "claims": "SELECT * FROM claims ORDER BY site_id, outcome",
     "event_study": "SELECT * FROM event_study ORDER BY site_id, outcome, e",
+    "claim_checks": "SELECT * FROM claim_checks ORDER BY site_id, claim",
 }
 
 

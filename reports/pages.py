@@ -15,8 +15,10 @@ from datetime import date
 from hashlib import sha256
 
 import polars as pl
+from markupsafe import Markup
 
 from reports import plots, wording
+from reports.claims import claim_check_section
 from reports.disclosure import Rate, Table, disclose, publish
 from reports.inputs import ReportData
 from reports.statistics import (
@@ -29,15 +31,17 @@ ALPHA = 0.05
 MESSAGE_LIMIT = 300
 PATIENT_LEVEL_KINDS = {"episodes"}
 QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
-# Published estimates on the same outcomes (Morciano et al. 2020, Table 1).
+# Published estimates on the same outcomes (Morciano et al. 2020, Table 1): their outcome,
+# the factor taking their rate to ours (per 1,000 a month) and how they report it.
 REFERENCE_OUTCOMES = {
-    "emergency_admissions": ("emerg_adm_rate_per_1000_month",
-                             "Change in emergency admissions per 1,000 people per month"),
-    "bed_days": ("bed_days_rate_per_100_month",
-                 "Change in bed days per 100 people per month"),
+    "emergency_admissions": ("emerg_adm_rate_per_1000_month", 1.0,
+                             "emergency admissions per 1,000 people per month"),
+    "bed_days": ("bed_days_rate_per_100_month", 10.0, "bed days per 100 people per month"),
 }
 REFERENCE_SITE_TYPES = {"population-based": "Population-based (PACS, MCP)",
                         "care home": "Care homes"}
+# Which of our model types each of Morciano's site types covers.
+REFERENCE_MODEL_TYPES = {"population-based": ("PACS", "MCP"), "care home": ("care-home",)}
 
 
 def page_name(site_id: str) -> str:
@@ -397,16 +401,33 @@ def comparators_table(comparators: pl.DataFrame) -> Table:
     )
 
 
+def _optional(row: dict, column: str) -> object:
+    """A column that older warehouses may lack, as None when absent or null."""
+    value = row.get(column)
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def event_study_figures(event_study: pl.DataFrame, results: list[dict],
                         site_name: str) -> list[plots.Figure]:
+    """One chart per outcome with an event study: % change against comparison areas by
+    quarter since go-live, with the pre-trend test in words under it."""
     figures = []
     for row in results:
         part = event_study.filter(pl.col("outcome") == row["outcome"]).sort("e")
-        if part.height:
-            figures.append(plots.event_study(
-                [(r["e"], r["estimate"], r["ci_low"], r["ci_high"])
-                 for r in part.iter_rows(named=True)],
-                row["outcome_label"], site_name))
+        if not part.height:
+            continue
+        first = part.row(0, named=True)
+        p_value = _optional(first, "p_pretrend")
+        inference = _optional(first, "inference")
+        note = wording.pretrend_sentence(p_value if isinstance(p_value, float) else None,
+                                         ALPHA)
+        if isinstance(p_value, float):
+            note += f" {wording.describe_pretrend_test(str(inference))}"
+        note += " The reference quarter (open circle) is fixed at zero."
+        figures.append(plots.event_study(
+            [(r["e"], r["estimate"], r["ci_low"], r["ci_high"])
+             for r in part.iter_rows(named=True)],
+            row["outcome_label"], site_name, note=note))
     return figures
 
 
@@ -464,6 +485,7 @@ class SitePage:
     quality: Quality
     methods: dict
     few_areas: bool = False
+    claim_check: Markup | None = None  # reports.claims: the site's claim checks, or None
 
 
 def _rated(results: pl.DataFrame) -> list[dict]:
@@ -508,6 +530,10 @@ def site_page(data: ReportData, site: dict, results: pl.DataFrame, features: pl.
         love=love, balance=balance_table, comparators=comparators_table(comparators),
         quality=quality, methods=methods(rows, data.run),
         few_areas=any(r["n_treated_areas"] < 5 for r in rows),
+        claim_check=claim_check_section(
+            data.claim_checks.filter(pl.col("site_id") == site_id)
+            if data.claim_checks.height else data.claim_checks,
+            {r["outcome"]: r["outcome_label"] for r in rows}),
     )
 
 
@@ -517,8 +543,8 @@ def site_page(data: ReportData, site: dict, results: pl.DataFrame, features: pl.
 @dataclass
 class OutcomeForest:
     label: str
-    figure: plots.Figure
-    reference: plots.Figure | None
+    figure: plots.Figure  # the sites, with published estimates on the same scale
+    reference: plots.Figure | None = None  # a separate published-estimates chart, if any
 
 
 @dataclass
@@ -537,21 +563,45 @@ class ProgrammePage:
     methods: dict
 
 
-def _reference_figure(morciano: pl.DataFrame, outcome: str) -> plots.Figure | None:
-    if outcome not in REFERENCE_OUTCOMES:
-        return None
-    name, axis = REFERENCE_OUTCOMES[outcome]
+def published_on_our_scale(morciano: pl.DataFrame, results: pl.DataFrame, outcome: str
+                           ) -> tuple[list[plots.Interval], str]:
+    """Morciano et al.'s published estimates for an outcome as % changes, and a note
+    saying how they were converted.
+
+    They report absolute differences in a monthly rate; dividing by a baseline rate gives
+    the % change our forest plots show. The baseline is the mean pre-go-live rate of this
+    report's sites of the same kind (population-based: PACS and MCP; care homes), one mean
+    per site as in their site-level analysis. The baseline's own uncertainty is ignored,
+    and the conversion assumes our sites' rates are like those of the sites they studied.
+    """
+    if outcome not in REFERENCE_OUTCOMES or not results.height:
+        return [], ""
+    name, to_ours, unit = REFERENCE_OUTCOMES[outcome]
     rows = morciano.filter(pl.col("outcome") == name)
-    if not rows.height:
-        return None
-    intervals = [
-        plots.Interval(f"{REFERENCE_SITE_TYPES.get(r['site_type'], r['site_type'])}: "
-                       f"{r['window']}", r["did_estimate"], r["ci95_low"], r["ci95_high"])
-        for r in rows.iter_rows(named=True)
-    ]
-    return plots.reference_forest(
-        intervals, "For reference: published estimates (Morciano et al. 2020, Table 1)",
-        axis + " (absolute, not %)")
+    ours = results.filter(pl.col("outcome") == outcome)
+    intervals, baselines = [], []
+    for site_type in rows["site_type"].unique(maintain_order=True).to_list():
+        models = REFERENCE_MODEL_TYPES.get(site_type, ())
+        rates = ours.filter(pl.col("model_type").is_in(list(models)))["pre_rate_per_1000"]
+        if not rates.len() or not rates.mean():
+            continue
+        baseline = float(rates.mean())  # type: ignore[arg-type]
+        label = REFERENCE_SITE_TYPES.get(site_type, site_type)
+        baselines.append(f"{label.lower()}: {baseline:.2f} per 1,000 a month over "
+                         f"{rates.len()} site(s)")
+        scale = 100.0 * to_ours / baseline
+        intervals += [plots.Interval(f"{label}: {r['window']}", scale * r["did_estimate"],
+                                     scale * r["ci95_low"], scale * r["ci95_high"])
+                      for r in rows.filter(pl.col("site_type") == site_type)
+                      .iter_rows(named=True)]
+    if not intervals:
+        return [], ""
+    note = (f"Diamonds: Morciano et al. 2020 (Table 1), who report absolute changes in "
+            f"{unit}; shown here as a % of the mean pre-go-live rate of this report's sites "
+            f"of the same kind ({'; '.join(baselines)}) so that both are on one scale. The "
+            "conversion ignores the baseline's own uncertainty and assumes our sites' rates "
+            "are like those of the sites they studied.")
+    return intervals, note
 
 
 def _findings(results: pl.DataFrame) -> list[str]:
@@ -616,12 +666,13 @@ def programme_page(data: ReportData, results: pl.DataFrame) -> ProgrammePage:
         label = part["outcome_label"][0]
         rows = [plots.Interval(r["name"], r["pct_change"], r["pct_ci_low"], r["pct_ci_high"],
                                r["model_type"]) for r in part.iter_rows(named=True)]
+        published, note = published_on_our_scale(data.morciano, joined, outcome)
         forests.append(OutcomeForest(
             label,
             plots.forest(rows, f"{label}: change against matched comparison areas",
                          "% change against matched comparison areas (95% CI)",
-                         f"the percentage change in {label.lower()}"),
-            _reference_figure(data.morciano, outcome),
+                         f"the percentage change in {label.lower()}",
+                         reference=published, note=note),
         ))
     table = all_estimates_table(joined)
     sources = data.morciano["source"].unique(maintain_order=True).to_list()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from reports.svg import AXIS, Canvas, Scale, clip_label, nice_ticks, tick_label
+from reports.svg import AXIS, Canvas, Scale, clip_label, nice_ticks, tick_label, wrap
 
 OBSERVED = "#d5281b"
 COUNTERFACTUAL = "#005eb8"
@@ -17,7 +17,11 @@ MODEL_ORDER = ("PACS", "MCP", "care-home")
 MODEL_NAMES = {"PACS": "Primary and acute care systems (PACS)",
                "MCP": "Multispecialty community providers (MCP)",
                "care-home": "Enhanced health in care homes"}
+PUBLISHED = "published"
+PUBLISHED_NAME = "For reference: published estimates (diamonds)"
+REFERENCE_GREY = "#aeb7bd"
 WIDTH = 680.0
+NOTE_CHARS = 130  # characters of 9px note text that fit across the chart
 
 
 @dataclass(frozen=True)
@@ -132,69 +136,77 @@ def observed_vs_counterfactual(panels: Sequence[SeriesPanel], go_live: date,
 
 def _interval_rows(canvas: Canvas, rows: Sequence[Interval], x_scale: Scale, top: float,
                    left: float, row_h: float, grouped: bool) -> float:
-    """Draw forest rows (with group headings when grouped); return the y below the last."""
+    """Draw forest rows (with group headings when grouped); return the y below the last.
+
+    Rows of the published group are drawn as grey diamonds, so they read as reference
+    points and not as sites."""
     y = top
     current = None
     for row in rows:
         if grouped and row.group != current:
             current = row.group
             y += row_h * 0.6
-            canvas.text(8, y + 4, MODEL_NAMES.get(row.group, row.group), size=10.5,
-                        weight="bold", fill=MODEL_COLOURS.get(row.group, AXIS))
+            heading = PUBLISHED_NAME if row.group == PUBLISHED else \
+                MODEL_NAMES.get(row.group, row.group)
+            canvas.text(8, y + 4, heading, size=10.5, weight="bold",
+                        fill=MODEL_COLOURS.get(row.group, AXIS))
             y += row_h
         colour = MODEL_COLOURS.get(row.group, AXIS)
         canvas.text(left - 8, y + 4, clip_label(row.label, 46), size=10, anchor="end")
-        canvas.line(x_scale(row.low), y, x_scale(row.high), y, stroke=colour, width=1.6)
-        canvas.circle(x_scale(row.estimate), y, 3.4, fill=colour)
+        if row.group == PUBLISHED:
+            canvas.line(x_scale(row.low), y, x_scale(row.high), y, stroke=REFERENCE_GREY,
+                        width=1.6)
+            canvas.diamond(x_scale(row.estimate), y, 4.2, fill=AXIS)
+        else:
+            canvas.line(x_scale(row.low), y, x_scale(row.high), y, stroke=colour, width=1.6)
+            canvas.circle(x_scale(row.estimate), y, 3.4, fill=colour)
         y += row_h
     return y
 
 
-def forest(rows: Sequence[Interval], title: str, x_label: str, subject: str) -> Figure:
-    """Each site's percentage change with its CI, grouped by model type."""
+def _note(canvas: Canvas, y: float, text: str) -> None:
+    """A small wrapped note under a chart (the chart's own caption, printed with it)."""
+    for line in wrap(text, NOTE_CHARS):
+        canvas.text(8, y, line, size=9, fill=AXIS)
+        y += 12
+
+
+def forest(rows: Sequence[Interval], title: str, x_label: str, subject: str,
+           reference: Sequence[Interval] = (), note: str = "") -> Figure:
+    """Each site's percentage change with its CI, grouped by model type, and published
+    estimates on the same scale (if any) in a group of their own below the sites."""
     ordered = sorted(rows, key=lambda r: (MODEL_ORDER.index(r.group)
                                           if r.group in MODEL_ORDER else len(MODEL_ORDER),
                                           r.group, r.label))
-    groups = len({r.group for r in ordered})
+    published = [Interval(r.label, r.estimate, r.low, r.high, PUBLISHED) for r in reference]
+    shown = [*ordered, *published]
+    groups = len({r.group for r in shown})
     row_h, left, right, top = 15.0, 300.0, WIDTH - 16, 30.0
-    height = top + row_h * (len(ordered) + 1.6 * groups) + 48
+    note_lines = wrap(note, NOTE_CHARS) if note else []
+    height = top + row_h * (len(shown) + 1.6 * groups) + 48 + 12 * len(note_lines)
     canvas = Canvas(WIDTH, height, title=title)
-    values = [v for r in ordered for v in (r.low, r.high)] or [0.0]
+    values = [v for r in shown for v in (r.low, r.high)] or [0.0]
     ticks = nice_ticks(min(*values, 0.0), max(*values, 0.0), 6)
     x_scale = Scale((ticks[0], ticks[-1]), (left, right))
     canvas.text(8, 16, title, size=12, weight="bold")
-    bottom = _interval_rows(canvas, ordered, x_scale, top, left, row_h, grouped=True)
+    bottom = _interval_rows(canvas, shown, x_scale, top, left, row_h, grouped=True)
     canvas.x_axis(x_scale, ticks, bottom, top, [tick_label(t, ticks, "%") for t in ticks])
     canvas.line(x_scale(0), top, x_scale(0), bottom, stroke=AXIS, width=1.2)
     _axis_title(canvas, x_label, (left + right) / 2, bottom + 30)
+    if note:
+        _note(canvas, bottom + 46, note)
     lower = sum(1 for r in ordered if r.high < 0)
     higher = sum(1 for r in ordered if r.low > 0)
     alt = (f"Forest plot of {subject} for {len(ordered)} sites grouped by model type, each "
            f"with its 95% confidence interval. {lower} sites have intervals wholly below "
            f"zero (lower than comparison areas) and {higher} wholly above zero.")
+    if published:
+        described = "; ".join(f"{r.label}: {r.estimate:+.1f}% ({r.low:+.1f}% to {r.high:+.1f}%)"
+                              for r in published)
+        alt += f" For reference, published estimates on the same scale: {described}."
+    if note:
+        alt += f" {note}"
     return Figure(canvas.data_uri(), alt)
-
-
-def reference_forest(rows: Sequence[Interval], title: str, x_label: str) -> Figure:
-    """Published estimates drawn on their own scale, beside (not mixed with) ours."""
-    row_h, left, right, top = 15.0, 300.0, WIDTH - 16, 30.0
-    canvas = Canvas(WIDTH, top + row_h * len(rows) + 52, title=title)
-    values = [v for r in rows for v in (r.low, r.high)] or [0.0]
-    ticks = nice_ticks(min(*values, 0.0), max(*values, 0.0), 6)
-    x_scale = Scale((ticks[0], ticks[-1]), (left, right))
-    canvas.text(8, 16, title, size=12, weight="bold")
-    y = top + row_h / 2
-    for row in rows:
-        canvas.text(left - 8, y + 4, clip_label(row.label, 46), size=10, anchor="end")
-        canvas.line(x_scale(row.low), y, x_scale(row.high), y, stroke=AXIS, width=1.6)
-        canvas.diamond(x_scale(row.estimate), y, 4.2, fill=AXIS)
-        y += row_h
-    canvas.x_axis(x_scale, ticks, y, top, [tick_label(t, ticks) for t in ticks])
-    canvas.line(x_scale(0), top, x_scale(0), y, stroke=AXIS, width=1.2)
-    _axis_title(canvas, x_label, (left + right) / 2, y + 30)
-    described = "; ".join(f"{r.label}: {r.estimate:+.3f} ({r.low:+.3f} to {r.high:+.3f})"
-                          for r in rows)
-    return Figure(canvas.data_uri(), f"{title}. {x_label}. {described}.")
 
 
 def love_plot(covariates: Sequence[tuple[str, float | None, float | None]],
@@ -237,34 +249,63 @@ def love_plot(covariates: Sequence[tuple[str, float | None, float | None]],
 
 
 def event_study(points: Sequence[tuple[int, float, float, float]], title: str,
-                site_name: str) -> Figure:
-    """Estimates by period relative to go-live with their CIs; zero is no effect."""
-    left, right, top, bottom = 56.0, WIDTH - 16, 28.0, 190.0
-    canvas = Canvas(WIDTH, bottom + 40, title=f"{title}: event study for {site_name}")
+                site_name: str, note: str = "", reference: int = -1) -> Figure:
+    """% change against comparison areas by quarter relative to go-live, with 95% CIs.
+
+    The reference quarter (fixed at zero) is marked by a dashed line and an open circle;
+    go-live by a dotted line between the last quarter before it and the first after.
+    `note` (the pre-trend test in words) is printed under the chart and read out in the
+    alt text."""
+    left, right, top, bottom = 64.0, WIDTH - 16, 50.0, 210.0
+    note_lines = wrap(note, NOTE_CHARS) if note else []
+    canvas = Canvas(WIDTH, bottom + 48 + 12 * len(note_lines),
+                    title=f"{title}: event study for {site_name}")
     es = [p[0] for p in points]
     values = _finite([v for p in points for v in p[1:]]) or [0.0]
     y_ticks = nice_ticks(min(*values, 0.0), max(*values, 0.0), 5)
-    x_ticks = nice_ticks(min(es), max(es), 8) if es else [0.0, 1.0]
-    x_ticks = [t for t in x_ticks if min(es, default=0) - 0.5 <= t <= max(es, default=1) + 0.5]
-    x_scale = Scale((min(es, default=0) - 0.5, max(es, default=1) + 0.5), (left, right))
+    low_e, high_e = min(es, default=0), max(es, default=1)
+    step = 1 if high_e - low_e <= 12 else 2  # whole quarters, go-live (0) always labelled
+    x_ticks = [float(e) for e in range(low_e, high_e + 1) if e % step == 0]
+    x_scale = Scale((low_e - 0.5, high_e + 0.5), (left, right))
     y_scale = Scale((y_ticks[0], y_ticks[-1]), (bottom, top))
     canvas.text(8, 16, title, size=12, weight="bold")
-    canvas.y_axis(y_scale, y_ticks, left, right, [tick_label(t, y_ticks) for t in y_ticks])
+    canvas.y_axis(y_scale, y_ticks, left, right,
+                  [tick_label(t, y_ticks, "%") for t in y_ticks])
     canvas.x_axis(x_scale, x_ticks, bottom, top, [tick_label(t, [0, 1]) for t in x_ticks],
                   grid=False)
     canvas.line(left, y_scale(0), right, y_scale(0), stroke=AXIS, width=1.2)
-    canvas.line(x_scale(-0.5), top, x_scale(-0.5), bottom, stroke=AXIS, width=1, dash="2 2")
+    if reference in es:
+        canvas.line(x_scale(reference), top, x_scale(reference), bottom,
+                    stroke=REFERENCE_GREY, width=1, dash="4 3")
+        canvas.text(x_scale(reference) - 4, top - 4, "Reference (0)", size=9,
+                    anchor="end", fill=AXIS)
+    live = x_scale(-0.5)
+    canvas.line(live, top, live, bottom, stroke=AXIS, width=1.2, dash="2 2")
+    canvas.text(live + 4, top - 4, "Go-live", size=9, fill=AXIS)
     for e, estimate, low, high in points:
+        if e == reference:
+            canvas.circle(x_scale(e), y_scale(estimate), 3.2, fill="#fff", stroke=AXIS)
+            continue
         colour = COUNTERFACTUAL if e >= 0 else COMPARISON
         canvas.line(x_scale(e), y_scale(low), x_scale(e), y_scale(high), stroke=colour,
                     width=1.4)
         canvas.circle(x_scale(e), y_scale(estimate), 2.8, fill=colour)
-    _axis_title(canvas, "Periods relative to go-live (dotted line: go-live)",
-                (left + right) / 2, bottom + 30)
-    pre = [p for p in points if p[0] < 0]
+    _axis_title(canvas, "Quarters relative to go-live (the first and last points pool "
+                "earlier and later months)", (left + right) / 2, bottom + 30)
+    canvas.text(8, 31, "% difference from comparison areas, relative to the quarter "
+                "before go-live (95% CI)", size=9, fill=AXIS)
+    if note:
+        _note(canvas, bottom + 48, note)
+    estimated = [p for p in points if p[0] != reference]
+    pre = [p for p in estimated if p[0] < 0]
+    post = [p for p in estimated if p[0] >= 0]
     covering = sum(1 for _, _, low, high in pre if low <= 0 <= high)
-    alt = (f"Event-study chart for {title.lower()} at {site_name}: {len(points)} estimates "
-           f"from period {min(es, default=0)} to {max(es, default=0)} relative to go-live, "
-           f"with 95% confidence intervals; {covering} of {len(pre)} pre-go-live intervals "
-           "include zero.")
+    below = sum(1 for _, _, _, high in post if high < 0)
+    alt = (f"Event-study chart for {title.lower()} at {site_name}: the % difference from "
+           f"comparison areas in each quarter from {low_e} to {high_e} relative to go-live, "
+           f"against quarter {reference} (fixed at zero), with 95% confidence intervals. "
+           f"{covering} of {len(pre)} pre-go-live intervals include zero; {below} of "
+           f"{len(post)} intervals after go-live lie wholly below zero.")
+    if note:
+        alt += f" {note}"
     return Figure(canvas.data_uri(), alt)

@@ -176,3 +176,19 @@ class Canvas:
 def clip_label(text: str, limit: int) -> str:
     """Shorten long labels with an ellipsis so they fit the space left for them."""
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
+
+
+def wrap(text: str, limit: int) -> list[str]:
+    """Break text into lines of at most `limit` characters at spaces (SVG text does not
+    wrap itself); a word longer than the limit gets a line of its own."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        if current and len(current) + 1 + len(word) > limit:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    if current:
+        lines.append(current)
+    return lines

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 ESTIMATORS = {
     "poisson_twfe": "Poisson regression of monthly counts with area and month fixed effects "
                     "(two-way fixed-effects difference-in-differences) and log population as "
@@ -13,6 +15,10 @@ INFERENCE = {
     "cluster_robust": "cluster-robust standard errors by area",
     "placebo_in_space": "placebo-in-space inference: the site's estimate is set against the "
                         "same estimate for comparable areas where nothing happened",
+    "wild_cluster_bootstrap": "a restricted wild cluster bootstrap by area: p-values and "
+                              "intervals come from re-weighting each area's contribution "
+                              "at random many thousands of times with no effect imposed, "
+                              "which stays honest when few areas were treated",
 }
 MODEL_TYPES = {"PACS": "Primary and acute care system (PACS)",
                "MCP": "Multispecialty community provider (MCP)",
@@ -96,3 +102,33 @@ def describe_inference(code: str) -> str:
 
 def describe_model_type(code: str) -> str:
     return MODEL_TYPES.get(code, code)
+
+
+def p_text(p_value: float) -> str:
+    """A p-value for a sentence: 'p = 0.43', 'p = 0.004', 'p < 0.001'."""
+    if p_value < 0.001:
+        return "p < 0.001"
+    return f"p = {p_value:.3f}" if p_value < 0.01 else f"p = {p_value:.2f}"
+
+
+def pretrend_sentence(p_value: float | None, alpha: float = 0.05) -> str:
+    """Whether the site and its comparison areas moved together before go-live, the
+    assumption every estimate against comparison areas rests on, in one sentence."""
+    if p_value is None or math.isnan(p_value):
+        return ("The test of parallel trends before go-live could not be run, so it is "
+                "unknown whether the site and its comparison areas moved together.")
+    if p_value >= alpha:
+        return (f"Before go-live the site and its comparison areas moved together (test of "
+                f"parallel trends {p_text(p_value)}).")
+    return (f"Before go-live the site and its comparison areas did not move together (test "
+            f"of parallel trends {p_text(p_value)}): the comparison may be biased, so read "
+            "the estimates with caution.")
+
+
+def describe_pretrend_test(inference: str | None) -> str:
+    """How the pre-trend test was done, as a sentence for a chart's caption."""
+    if inference == "placebo_in_space":
+        return ("The test sets the site's pre-go-live estimates against the same estimates "
+                "for comparable areas where nothing happened.")
+    return ("The test is a joint Wald test of the pre-go-live estimates, with a wild "
+            "cluster bootstrap by area.")

@@ -164,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     from transforms.did.cli import register as register_did
+    from transforms.placebo import register as register_placebo
 
     register_did(sub)
+    register_placebo(sub)
     return parser
 
 

@@ -6,8 +6,9 @@ synthetic data that have the shape and the awkward features of the real thing:
 * monthly aggregate counts per area (CCG-like populations of 80k-900k) for every site and for
   a national comparison pool, with winter seasonality, a secular trend common to all areas,
   area effects driven by age structure and deprivation, over-dispersion and Poisson noise;
-* HES-like patient-level episodes for the sites flagged `patient_level` in the protocol,
-  exactly consistent with those sites' aggregate counts;
+* HES-like patient-level episodes for the sites flagged `patient_level` in the protocol, and
+  for the comparison areas listed in the protocol's `[claims.cohort]` when a cohort claim's
+  site is in the run, exactly consistent with those areas' aggregate counts;
 * individual risk that persists but decays (gamma frailty with a yearly autoregressive
   component), so the heaviest users in one year use less in the next even with no
   intervention: the regression to the mean that flatters naive before/after evaluations;
@@ -57,8 +58,10 @@ TRUE_EFFECTS: dict[str, dict[str, float]] = {
     "ne-hampshire-farnham": {"mh_emergency_admissions": 0.85},
     "sutton-care-homes": {"emergency_admissions": 0.93, "bed_days": 0.92},
     "wirral": {"ae_attendances": 1.05},
-    # Small: South Somerset's claimed fall was mostly regression to the mean.
-    "south-somerset": {"emergency_admissions": 0.98},
+    # Small: South Somerset's claimed fall was mostly regression to the mean. Every
+    # patient's rate falls by 5%, so the true effect in its highest-risk cohort is also
+    # 0.95, while that cohort's naive before/after fall is about 30%.
+    "south-somerset": {"emergency_admissions": 0.95},
     # A few small effects in either direction, as in the published evaluations.
     "fylde-coast": {"emergency_admissions": 1.02},
     "tower-hamlets": {"ae_attendances": 0.98},
@@ -112,9 +115,12 @@ _LOS_SEASON = 0.03
 _NOISE_CV = {"emergency": 0.04, "ae": 0.03, "mh": 0.05, "los": 0.03}
 
 # Patient risk: persistent gamma frailty and a yearly AR(1) log-normal component.
-_FRAILTY_SHAPE = 0.5
-_AR_SIGMA = 0.6
-_AR_RHO = 0.5
+# A small shape gives a few very heavy users whose high risk persists, as in real extracts;
+# with these values the top 4% of patients seen in a year have about 30% fewer emergency
+# admissions the next year with no intervention (regression to the mean).
+_FRAILTY_SHAPE = 0.05
+_AR_SIGMA = 0.3
+_AR_RHO = 0.6
 
 _AGGREGATE_SCHEMA = {
     "area_code": pl.String,
@@ -608,7 +614,47 @@ def _hsj_population(site: Site) -> int | None:
     return HSJ_POPULATION.get(site.nhse_vanguard_number)
 
 
-def _truth(seed: int, protocol: Protocol) -> dict[str, Any]:
+def _claims_truth(protocol: Protocol, cohort_areas: list[str]) -> dict[str, Any]:
+    """The true effect behind each site claim in the run.
+
+    Effects act on every patient of a site alike (a month's admissions are shared out by
+    fixed individual weights), so a cohort's true rate ratio is its site's.
+    """
+    in_run = {site.id for site in protocol.sites}
+    outcomes = {o.id: o.measure for o in protocol.outcomes}
+    truth: dict[str, Any] = {}
+    for claim in protocol.claims.sites:
+        if claim.site not in in_run:
+            continue
+        ratio = TRUE_EFFECTS.get(claim.site, {}).get(outcomes[claim.outcome], 1.0)
+        entry: dict[str, Any] = {
+            "check": claim.check,
+            "outcome": claim.outcome,
+            "claimed_pct": claim.claimed_pct,
+            "rate_ratio": ratio,
+            "pct_change": round(100 * (ratio - 1), 6),
+        }
+        if claim.check == "cohort":
+            entry["comparison_areas"] = cohort_areas
+        truth[claim.site] = entry
+    return truth
+
+
+def _cohort_areas(protocol: Protocol, n_areas: int) -> list[str]:
+    """Comparison areas that get patient-level episodes: those listed for cohort claims,
+    when a cohort claim's site is in the run, within A001..A<n_areas>, never vanguard areas.
+
+    Areas beyond `n_areas` are skipped rather than refused, so small test demos stay small.
+    """
+    in_run = {site.id for site in protocol.sites}
+    if not any(c.check == "cohort" and c.site in in_run for c in protocol.claims.sites):
+        return []
+    vanguard = protocol.vanguard_areas
+    return sorted(a for a in protocol.claims.cohort.comparison_areas
+                  if a not in vanguard and _area_number(a) <= n_areas)
+
+
+def _truth(seed: int, protocol: Protocol, cohort_areas: list[str]) -> dict[str, Any]:
     sites: dict[str, Any] = {}
     for site in protocol.sites:
         effects = {}
@@ -624,6 +670,7 @@ def _truth(seed: int, protocol: Protocol) -> dict[str, Any]:
         "seed": seed,
         "extract_date": EXTRACT_DATE,
         "sites": sites,
+        "claims": _claims_truth(protocol, cohort_areas),
         "description": (
             "Synthetic demo data. Each effect is a multiplicative rate ratio applied to every "
             "area of the site from its go-live month onward (constant after go-live); 1.0 "
@@ -631,7 +678,9 @@ def _truth(seed: int, protocol: Protocol) -> dict[str, Any]:
             "secular trend common to all areas, area effects from age structure and "
             "deprivation and month-to-month gamma noise. Patient-level episodes reproduce "
             "their site's aggregate counts exactly and include regression to the mean from "
-            "persistent but decaying individual risk."
+            "persistent but decaying individual risk. `claims` gives the true effect behind "
+            "each site claim checked; a cohort's true rate ratio is its site's, since effects "
+            "act on every patient of the site alike."
         ),
     }
 
@@ -670,15 +719,16 @@ def generate_demo(out_dir: Path, *, seed: int, protocol: Protocol, n_areas: int 
     frames: dict[str, list[pl.DataFrame]] = {}
     episode_frames: dict[str, list[pl.DataFrame]] = {}
     left_out = set(protocol.vanguard_areas) - set(owner)
+    cohort_areas = _cohort_areas(protocol, n_areas)
     for area in areas:
         if area.code in left_out:  # a vanguard site outside this subset: not a comparator
             continue
         site = sites.get(owner.get(area.code, ""))
         counts = _area_counts(seed, area, cal, _rate_ratios(site, cal, protocol.start))
-        if site is not None and site.patient_level:
-            episodes, counts.bed_days = _patient_episodes(seed, area, cal, counts)
-            episode_frames.setdefault(site.id, []).append(episodes)
         group = site.id if site is not None else "comparison"
+        if (site is not None and site.patient_level) or area.code in cohort_areas:
+            episodes, counts.bed_days = _patient_episodes(seed, area, cal, counts)
+            episode_frames.setdefault(group, []).append(episodes)
         frames.setdefault(group, []).append(_aggregate_frame(area, cal, counts))
 
     paths: dict[str, Any] = {"aggregate": [], "episodes": []}
@@ -713,7 +763,8 @@ def generate_demo(out_dir: Path, *, seed: int, protocol: Protocol, n_areas: int 
     paths["areas"] = str(reference / "areas.csv")
 
     truth_path = out_dir / "truth.json"
-    truth_path.write_text(json.dumps(_truth(seed, protocol), indent=2) + "\n", encoding="utf-8")
+    truth = _truth(seed, protocol, cohort_areas)
+    truth_path.write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
     paths["truth"] = str(truth_path)
     return {
         "seed": seed,

@@ -8,13 +8,15 @@ with area effects alpha_a, month effects gamma_t and D_at = 1 for a site's areas
 go-live on. exp(beta) is the rate ratio. The Poisson quasi-likelihood stays consistent
 under over-dispersion; standard errors are cluster-robust by area (every month of an
 area shares a cluster) with t intervals on G - 1 degrees of freedom, G the number of
-areas, or, for sites with few treated areas, come from placebo-in-space permutation
-(see transforms/inference.py).
+areas; with fewer than 30 areas they come from the restricted wild cluster bootstrap
+(transforms/wild_bootstrap.py), and for sites with few treated areas from
+placebo-in-space permutation (transforms/inference.py).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date
 
@@ -23,12 +25,16 @@ import polars as pl
 from scipy import stats
 
 from transforms.inference import (
-    FEW_TREATED,
     PlaceboInference,
     choose_inference,
-    invert_placebos,
-    placebo_estimates,
+    invert_studentised_placebos,
+    placebo_statistics,
+    studentising_se,
 )
+from transforms.poisson_fe import fit_poisson_fe
+from transforms.wild_bootstrap import DRAWS, WildBootstrapInference, wild_cluster_bootstrap
+
+Diagnostic = float | int | str | bool
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,9 @@ class DidEstimate:
     """One site-outcome estimate as plain data, ready for a table, JSON or a plot.
 
     The interval is on the log rate-ratio scale; `inference` names how it was obtained and
-    `inference_reason` says why that method suits this design.
+    `inference_reason` says why that method suits this design; `warnings` say when that
+    inference is fragile; `diagnostics` hold the inference's own figures (draws, weights,
+    the CR1 standard error and p for comparison).
     """
 
     log_rate_ratio: float
@@ -54,6 +62,16 @@ class DidEstimate:
     n_placebo: int = 0
     estimator: str = "poisson_twfe"
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    diagnostics: Mapping[str, Diagnostic] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        """The estimator, named as in the protocol."""
+        return self.estimator
+
+    @property
+    def ci_log(self) -> tuple[float, float]:
+        return (self.ci_low_log, self.ci_high_log)
 
     @property
     def rate_ratio(self) -> float:
@@ -75,11 +93,36 @@ class DidEstimate:
         low, high = self.pct_ci
         return {
             **asdict(self),
+            "diagnostics": dict(self.diagnostics),
+            "method": self.method,
             "rate_ratio": self.rate_ratio,
             "pct_change": self.pct_change,
             "pct_ci_low": low,
             "pct_ci_high": high,
         }
+
+    def tidy(self) -> pl.DataFrame:
+        """One row in the broom/pyfixest layout, plus the rate-ratio scale and inference."""
+        low, high = self.pct_ci
+        return pl.DataFrame({
+            "term": ["treated_post"],
+            "estimate": [self.log_rate_ratio],
+            "std_error": [self.se],
+            "conf_low": [self.ci_low_log],
+            "conf_high": [self.ci_high_log],
+            "p_value": [self.p_value],
+            "rate_ratio": [self.rate_ratio],
+            "pct_change": [self.pct_change],
+            "pct_ci_low": [low],
+            "pct_ci_high": [high],
+            "n_obs": [self.n_obs],
+            "n_treated_areas": [self.n_treated_areas],
+            "n_comparison_areas": [self.n_comparison_areas],
+            "method": [self.method],
+            "inference": [self.inference],
+            "inference_reason": [self.inference_reason],
+            "warnings": ["; ".join(self.warnings)],
+        })
 
 
 @dataclass(frozen=True)
@@ -122,17 +165,30 @@ def _placebo_inference(
     frame: pl.DataFrame, donors: pl.DataFrame, treated: list[str], go_live: date,
     beta: float, alpha: float, seed: int,
 ) -> PlaceboInference:
+    """Studentised placebo-in-space: the site's t against the placebos' t's."""
     extra = donors.filter(~pl.col("area_code").is_in(frame["area_code"].unique().to_list()))
     both = pl.concat([frame.select(donors.columns), extra])
     areas, y, log_e, months = wide(both)
     row = {area: i for i, area in enumerate(areas)}
+    site_rows = [row[a] for a in sorted(set(frame["area_code"].to_list()))]
     controls = [row[a] for a in frame["area_code"].unique().to_list() if a not in treated]
     donor_rows = [row[a] for a in donors["area_code"].unique().sort().to_list()
                   if a not in treated]
     post = (months >= np.datetime64(go_live)).astype(float)
-    placebos = placebo_estimates(y, log_e, post, len(treated), sorted(controls), donor_rows,
-                                 seed=seed)
-    return invert_placebos(beta, placebos, alpha)
+    d = np.outer(np.isin(np.asarray(areas)[site_rows], treated), post)
+    fit = fit_poisson_fe(y[site_rows], log_e[site_rows], d)
+    se = studentising_se(y[site_rows], fit, d, len(treated))
+    placebos, placebo_ses = placebo_statistics(y, log_e, post, len(treated), sorted(controls),
+                                               donor_rows, seed=seed)
+    return invert_studentised_placebos(beta, se, placebos, placebo_ses, alpha)
+
+
+def _bootstrap_inference(data: pl.DataFrame, treated: list[str], go_live: date, beta: float,
+                         se: float, alpha: float, seed: int) -> WildBootstrapInference:
+    """Restricted wild cluster bootstrap on the model's own areas (needs a balanced panel)."""
+    areas, y, log_e, months = wide(data)
+    d = np.outer(np.isin(areas, treated), months >= np.datetime64(go_live)).astype(float)
+    return wild_cluster_bootstrap(y, log_e, d, beta, se, alpha, draws=DRAWS, seed=seed)
 
 
 def fit_poisson_did(
@@ -150,7 +206,8 @@ def fit_poisson_did(
     comparison areas over the study window. `donors`, in the same shape, are comparable
     areas where nothing happened; with few treated areas they give placebo-in-space
     inference in place of cluster-robust errors. `method` is "auto" (let the design
-    decide), "cluster_robust" or "placebo_in_space".
+    decide: transforms.inference.choose_inference), "cluster_robust", "placebo_in_space"
+    or "wild_cluster_bootstrap".
     """
     import statsmodels.api as sm
 
@@ -172,23 +229,37 @@ def fit_poisson_did(
     treated = sorted(set(treated_areas) & set(data["area_code"].to_list()))
     n_donors = 0 if donors is None else donors.filter(
         ~pl.col("area_code").is_in(treated))["area_code"].n_unique()
-    choice = choose_inference(len(treated), _possible_draws(n_donors, len(treated)), method)
-    warnings: list[str] = []
+    choice = choose_inference(len(treated), _possible_draws(n_donors, len(treated)), method,
+                              n_clusters=n_clusters)
+    cr1_p = float(2 * stats.t.sf(abs(beta / se), df)) if se > 0 else float("nan")
+    diagnostics: dict[str, Diagnostic] = {"n_clusters": n_clusters, "cr1_se": se,
+                                          "cr1_p_value": cr1_p}
+    warnings = list(choice.warnings)
+    n_placebo = 0
     if choice.method == "placebo_in_space" and donors is not None:
         placebo = _placebo_inference(data, donors, treated, go_live, beta, alpha, seed)
         low, high, p_value, spread = placebo.ci_low, placebo.ci_high, placebo.p_value, placebo.se
         n_placebo = placebo.n_placebo
+        diagnostics |= {"n_placebo": n_placebo, "placebo_sd": placebo.se,
+                        "smallest_p": 1 / (n_placebo + 1)}
+    elif choice.method == "wild_cluster_bootstrap":
+        boot = _bootstrap_inference(data, treated, go_live, beta, se, alpha, seed)
+        low, high, p_value, spread = boot.ci_low, boot.ci_high, boot.p_value, se
+        diagnostics |= {"bootstrap_weights": boot.weights, "bootstrap_draws": boot.n_draws,
+                        "bootstrap_enumerated": boot.enumerated,
+                        "bootstrap_score_t": boot.statistic}
+        if not boot.bounded:
+            warnings.append("the wild cluster bootstrap cannot bound the interval on at least "
+                            "one side: the data cannot rule out large effects")
     else:
         half = float(stats.t.ppf(1 - alpha / 2, df)) * se
-        low, high, spread, n_placebo = beta - half, beta + half, se, 0
-        p_value = float(2 * stats.t.sf(abs(beta / se), df)) if se > 0 else float("nan")
-        if len(treated) <= FEW_TREATED:
-            warnings.append(choice.reason)
+        low, high, spread, p_value = beta - half, beta + half, se, cr1_p
     estimate = DidEstimate(
         log_rate_ratio=beta, se=spread, ci_low_log=low, ci_high_log=high, p_value=p_value,
         alpha=alpha, n_obs=data.height, n_treated_areas=len(treated),
         n_comparison_areas=n_clusters - len(treated), df=df, inference=choice.method,
         inference_reason=choice.reason, n_placebo=n_placebo, warnings=tuple(warnings),
+        diagnostics=diagnostics,
     )
     linear = x @ result.params + offset
     counterfactual = np.exp(linear - beta * x[:, 0])

@@ -88,3 +88,16 @@ def cluster_robust_se(y: np.ndarray, fit: PoissonFEFit, d: np.ndarray) -> float:
     n_obs, k = y.size, n_units + n_times  # units + (times - 1) + slope
     factor = n_units / (n_units - 1) * (n_obs - 1) / (n_obs - k)
     return float(np.sqrt(factor * (scores**2).sum()) / bread)
+
+
+def robust_se(y: np.ndarray, fit: PoissonFEFit, d: np.ndarray) -> float:
+    """Heteroskedasticity-robust (observation-level, not clustered) sandwich SE of the slope.
+
+    Placebo inference uses it to studentise each estimate: unlike CR1 it does not rest on
+    the one or two treated clusters' scores (with one treated area its score is zero at
+    the estimate), and it scales with each area's own noise, which is larger in small
+    areas and, where the effect lowers counts, after go-live.
+    """
+    d_tilde = _partial_out(np.asarray(d, dtype=float), fit.mu)
+    bread = float((fit.mu * d_tilde**2).sum())
+    return float(np.sqrt(((d_tilde * (y - fit.mu)) ** 2).sum()) / bread)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from importlib import resources
 from pathlib import Path
@@ -56,6 +56,39 @@ class Comparison:
     metric: str = "standardised"
     caliper: float | None = None
     replacement: bool = True
+    method: str = "nearest"
+    synthetic_control: bool = False
+
+
+@dataclass(frozen=True)
+class ClaimCohort:
+    """How a risk-stratified cohort is picked ([claims.cohort]); see transforms/cohort.py."""
+
+    top_pct: float = 4.0
+    baseline_months: int = 12
+    follow_up_months: int = 12
+    weights: tuple[tuple[str, float], ...] = (
+        ("emergency_admissions", 1.0), ("age_decades", 0.1), ("icd10_chapters", 0.25))
+    comparison_areas: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A site's own before/after claim ([[claims.sites]]) and how it is checked."""
+
+    site: str
+    check: str  # "cohort" or "before_after"
+    outcome: str
+    claimed_pct: float
+    claim: str
+    source: str = ""
+    window_months: int = 7
+
+
+@dataclass(frozen=True)
+class Claims:
+    cohort: ClaimCohort = field(default_factory=ClaimCohort)
+    sites: tuple[Claim, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,6 +108,7 @@ class Protocol:
     placebo_donors: int = 40
     seed: int = 0
     excluded_sites: tuple[Site, ...] = ()
+    claims: Claims = field(default_factory=Claims)
 
     @property
     def months(self) -> list[date]:
@@ -176,6 +210,11 @@ def _check_cross_rules(doc: dict[str, Any], source: str) -> None:
             f"comparison.matching_outcome: {doc['comparison']['matching_outcome']!r} is not "
             f"an outcome id; allowed values: {', '.join(outcome_ids)}"
         )
+    comparison = doc["comparison"]
+    if comparison.get("method") == "propensity" and "metric" in comparison:
+        problems.append(
+            "comparison.metric: applies only to method = \"nearest\"; propensity matching "
+            "measures distance in standard deviations of the score's logit, so remove it")
     seen_ids: set[str] = set()
     owner: dict[str, str] = {}
     for i, site in enumerate(doc["sites"]):
@@ -193,8 +232,46 @@ def _check_cross_rules(doc: dict[str, Any], source: str) -> None:
             if area in owner:
                 problems.append(f"{key}.areas: {area} already belongs to site {owner[area]!r}")
             owner[area] = site["id"]
+    problems.extend(_claim_problems(doc, outcome_ids, owner))
     if problems:
         raise ProtocolError(f"{source} is inconsistent:\n  " + "\n  ".join(problems))
+
+
+def _claim_problems(doc: dict[str, Any], outcome_ids: list[str],
+                    owner: dict[str, str]) -> list[str]:
+    """A claim must name a site and an outcome of the protocol; cohort comparators must not
+    be vanguard areas."""
+    claims = doc.get("claims", {})
+    problems = []
+    site_ids = [s["id"] for s in doc["sites"]]
+    for i, claim in enumerate(claims.get("sites", [])):
+        key = f"claims.sites[{i}]"
+        if claim["site"] not in site_ids:
+            problems.append(f"{key}.site: {claim['site']!r} is not a site id")
+        if claim["outcome"] not in outcome_ids:
+            problems.append(f"{key}.outcome: {claim['outcome']!r} is not an outcome id; "
+                            f"allowed values: {', '.join(outcome_ids)}")
+    for area in claims.get("cohort", {}).get("comparison_areas", []):
+        if area in owner:
+            problems.append(f"claims.cohort.comparison_areas: {area} belongs to site "
+                            f"{owner[area]!r}; comparators must be non-vanguard areas")
+    return problems
+
+
+def _build_claims(doc: dict[str, Any]) -> Claims:
+    cohort = doc.get("cohort", {})
+    defaults = ClaimCohort()
+    return Claims(
+        cohort=ClaimCohort(
+            top_pct=float(cohort.get("top_pct", defaults.top_pct)),
+            baseline_months=cohort.get("baseline_months", defaults.baseline_months),
+            follow_up_months=cohort.get("follow_up_months", defaults.follow_up_months),
+            weights=tuple({**dict(defaults.weights), **cohort.get("weights", {})}.items()),
+            comparison_areas=tuple(cohort.get("comparison_areas", ())),
+        ),
+        sites=tuple(Claim(**{**c, "claimed_pct": float(c["claimed_pct"])})
+                    for c in doc.get("sites", [])),
+    )
 
 
 def _build(doc: dict[str, Any], digest: str) -> Protocol:
@@ -214,6 +291,8 @@ def _build(doc: dict[str, Any], digest: str) -> Protocol:
             metric=comparison.get("metric", "standardised"),
             caliper=comparison.get("caliper"),
             replacement=comparison.get("replacement", True),
+            method=comparison.get("method", "nearest"),
+            synthetic_control=comparison.get("synthetic_control", False),
         ),
         estimator=doc["estimator"]["model"],
         alpha=doc["estimator"].get("alpha", 0.05),
@@ -235,6 +314,7 @@ def _build(doc: dict[str, Any], digest: str) -> Protocol:
             for s in doc["sites"]
         ),
         sha256=digest,
+        claims=_build_claims(doc.get("claims", {})),
     )
 
 

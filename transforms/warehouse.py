@@ -12,6 +12,9 @@ Layers, from raw to published:
   provider_month_panel             national A&E counts per organisation x month x outcome
   sites, comparison_areas          the protocol's sites and each site's matched comparators
   model_results, model_series      estimates and the series behind the plots
+  claim_checks                     each site claim beside the controlled estimate (counts of
+                                   patients or admissions only; no patient rows)
+  event_study                      effects by quarter since go-live, with the pre-trend test
   runs                             one row per pipeline run, for the provenance footer
 
 DuckDB allows one process at a time to open the file for writing (and none to read while it
@@ -180,6 +183,23 @@ CREATE TABLE IF NOT EXISTS balance (
     smd_before    DOUBLE NOT NULL,
     smd_after     DOUBLE NOT NULL
 );
+CREATE TABLE IF NOT EXISTS synthetic_control_results (
+    site_id       VARCHAR NOT NULL,
+    outcome       VARCHAR NOT NULL,
+    pct_change    DOUBLE NOT NULL,
+    p_value       DOUBLE,
+    pct_ci_low    DOUBLE,
+    pct_ci_high   DOUBLE,
+    pre_rmspe     DOUBLE NOT NULL,
+    post_rmspe    DOUBLE NOT NULL,
+    n_donors      INTEGER NOT NULL,
+    n_placebo     INTEGER NOT NULL,
+    weights_json  VARCHAR NOT NULL,
+    warnings      VARCHAR NOT NULL,
+    run_id        VARCHAR NOT NULL,
+    fitted_at     TIMESTAMP NOT NULL,
+    PRIMARY KEY (site_id, outcome)
+);
 CREATE TABLE IF NOT EXISTS model_series (
     site_id                   VARCHAR NOT NULL,
     outcome                   VARCHAR NOT NULL,
@@ -187,6 +207,38 @@ CREATE TABLE IF NOT EXISTS model_series (
     observed_rate             DOUBLE NOT NULL,
     counterfactual_rate       DOUBLE NOT NULL,
     comparison_rate           DOUBLE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS claim_checks (
+    site_id         VARCHAR NOT NULL,
+    claim           VARCHAR NOT NULL,
+    outcome         VARCHAR NOT NULL,
+    check_type      VARCHAR NOT NULL,
+    window_months   INTEGER NOT NULL,
+    claimed_pct     DOUBLE NOT NULL,
+    naive_pct       DOUBLE,
+    comparison_pct  DOUBLE,
+    did_pct         DOUBLE,
+    ci_low          DOUBLE,
+    ci_high         DOUBLE,
+    p_value         DOUBLE,
+    q_value         DOUBLE,
+    mde_pct         DOUBLE,
+    method          VARCHAR NOT NULL,
+    inference       VARCHAR NOT NULL,
+    n_site          BIGINT,
+    n_comparison    BIGINT,
+    run_id          VARCHAR NOT NULL,
+    PRIMARY KEY (site_id, claim)
+);
+CREATE TABLE IF NOT EXISTS event_study (
+    site_id     VARCHAR NOT NULL,
+    outcome     VARCHAR NOT NULL,
+    e           INTEGER NOT NULL,
+    estimate    DOUBLE NOT NULL,
+    ci_low      DOUBLE NOT NULL,
+    ci_high     DOUBLE NOT NULL,
+    p_pretrend  DOUBLE,
+    inference   VARCHAR
 );
 CREATE TABLE IF NOT EXISTS runs (
     run_id            VARCHAR PRIMARY KEY,
@@ -200,6 +252,16 @@ CREATE TABLE IF NOT EXISTS runs (
     study_start       DATE NOT NULL,
     study_end         DATE NOT NULL,
     orchestrator      VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS run_log (
+    run_id      VARCHAR NOT NULL,
+    dag_run_id  VARCHAR,
+    task        VARCHAR NOT NULL,
+    item        VARCHAR,
+    attempt     INTEGER NOT NULL,
+    status      VARCHAR NOT NULL,
+    message     VARCHAR,
+    logged_at   TIMESTAMP NOT NULL
 );
 CREATE SEQUENCE IF NOT EXISTS provenance_event_id START 1;
 """
@@ -219,6 +281,15 @@ MIGRATIONS = [
         "AND column_name = 'primary_diagnosis' AND NOT is_nullable",
         0,
         "ALTER TABLE stg_episodes ALTER COLUMN primary_diagnosis DROP NOT NULL",
+    ),
+    *(  # event_study was first created by the reports, without its test and inference
+        (
+            "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'event_study' "
+            f"AND column_name = '{column}'",
+            1,
+            f"ALTER TABLE event_study ADD COLUMN {column} {kind}",
+        )
+        for column, kind in (("p_pretrend", "DOUBLE"), ("inference", "VARCHAR"))
     ),
 ]
 

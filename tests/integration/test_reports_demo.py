@@ -134,3 +134,27 @@ def test_pages_show_their_charts_in_chromium(demo, tmp_path, page, colour):
     chromium(path, f"--screenshot={shot}", "--window-size=1200,3000")
     assert shot.is_file()
     assert colour_pixels(shot, colour) > 300, "the charts did not draw"
+
+
+def test_every_estimate_has_an_event_study_on_its_page(demo):
+    from transforms import warehouse
+
+    db = demo / "vanguard.duckdb"
+    studies = warehouse.query(db, "SELECT * FROM event_study")
+    results = warehouse.query(db, "SELECT site_id, outcome, inference FROM model_results")
+    per_fit = studies.unique(["site_id", "outcome"])
+    assert per_fit.height == results.height == len(SITES) * 4
+    # Inference follows the main estimate's: placebos where it used them, else clustered.
+    joined = per_fit.join(results, on=["site_id", "outcome"], suffix="_main")
+    expected = np.where(joined["inference_main"] == "placebo_in_space", "placebo_in_space",
+                        "cluster_robust")
+    assert joined["inference"].to_list() == expected.tolist()
+    reference = studies.filter(pl.col("e") == -1)
+    assert reference.height == results.height and (reference["estimate"] == 0).all()
+    assert (studies["ci_low"] <= studies["ci_high"]).all()
+    assert studies["p_pretrend"].is_between(0, 1, closed="right").all()
+    for site in SITES:
+        page = (demo / "out" / "sites" / f"{site}.html").read_text()
+        assert "Not yet estimated" not in page
+        assert page.count("Event-study chart for") == 4
+        assert "(test of parallel trends p" in page

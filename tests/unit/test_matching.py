@@ -1,10 +1,19 @@
+import warnings
 from datetime import date
 
 import numpy as np
 import polars as pl
 import pytest
 
-from transforms.matching import balance_table, nearest_neighbours, pre_period_features
+from transforms.matching import (
+    PropensityFitWarning,
+    balance_table,
+    firth_logit,
+    nearest_neighbours,
+    pre_period_features,
+    propensity_neighbours,
+    propensity_scores,
+)
 from transforms.months import month_range
 
 
@@ -97,3 +106,103 @@ def test_balance_table_reports_smd_before_and_after():
     assert row["smd_before"] == pytest.approx((8.0 - pool.mean()) / pool.std(ddof=1))
     assert row["smd_after"] == pytest.approx((8.0 - 8.075) / pool.std(ddof=1))
     assert abs(row["smd_after"]) < abs(row["smd_before"])
+
+
+def _scored_pool(seed: int, n_pool: int = 120, n_treated: int = 12) -> tuple[pl.DataFrame,
+                                                                             list[str],
+                                                                             list[str]]:
+    """Areas whose chance of being a site area rises with x (so the propensity model has
+    overlap and a maximum-likelihood fit)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, n_pool + n_treated)
+    z = rng.normal(0, 1, n_pool + n_treated)
+    x[:n_treated] += 1.0
+    codes = [f"T{i}" for i in range(n_treated)] + [f"P{i:03d}" for i in range(n_pool)]
+    frame = pl.DataFrame({"area_code": codes, "x": x, "z": z})
+    return frame, codes[:n_treated], codes[n_treated:]
+
+
+def test_propensity_scores_by_maximum_likelihood_when_groups_overlap():
+    features, treated, pool = _scored_pool(seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PropensityFitWarning)
+        scores = propensity_scores(features, treated, pool, ("x", "z"))
+    assert scores.fit == "maximum likelihood" and not scores.warnings
+    # A larger x means a larger score: the model learnt the assignment rule.
+    x = dict(zip(features["area_code"], features["x"], strict=True))
+    ranked = sorted(pool, key=lambda a: scores.logit[a])
+    assert x[ranked[-1]] > np.median([x[a] for a in pool]) > x[ranked[0]]
+    assert np.corrcoef([x[a] for a in pool], [scores.logit[a] for a in pool])[0, 1] > 0.9
+
+
+def test_separated_site_area_falls_back_to_firth_with_a_warning():
+    rng = np.random.default_rng(4)
+    pool_x = rng.normal(0, 1, 150)
+    features = pl.DataFrame({
+        "area_code": ["T", *[f"P{i:03d}" for i in range(150)]],
+        "pre_rate": [5.0, *pool_x], "log_population": [0.0, *rng.normal(0, 1, 150)],
+    })
+    pool = [f"P{i:03d}" for i in range(150)]
+    with pytest.warns(PropensityFitWarning, match="used Firth's penalised likelihood"):
+        matched, scores = propensity_neighbours(features, ["T"], pool, ("pre_rate",), k=3)
+    assert scores.fit == "Firth penalised likelihood" and scores.warnings
+    assert all(np.isfinite(v) for v in scores.logit.values())
+    # With one feature the logit is monotone in it: the separated area's closest scores
+    # belong to the pool areas with the highest pre_rate, in order.
+    highest = [f"P{i:03d}" for i in np.argsort(-pool_x)[:3]]
+    assert matched["area_code"].to_list() == highest
+    with pytest.warns(PropensityFitWarning):
+        both = propensity_scores(features, ["T"], pool, ("pre_rate", "log_population"))
+    assert both.fit == "Firth penalised likelihood"
+
+
+def test_firth_agrees_with_maximum_likelihood_in_a_large_sample():
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(9)
+    x = np.column_stack([np.ones(3000), rng.normal(0, 1, (3000, 2))])
+    y = (rng.uniform(size=3000) < 1 / (1 + np.exp(-(x @ [-1.0, 0.8, -0.5])))).astype(float)
+    ml = sm.Logit(y, x).fit(disp=0).params
+    firth = firth_logit(x, y)
+    assert firth == pytest.approx(ml, abs=0.02)
+    assert np.all(np.abs(firth[1:]) <= np.abs(ml[1:]) + 1e-9)  # Firth shrinks towards 0
+
+
+def test_propensity_matching_honours_caliper_k_and_replacement():
+    features, treated, pool = _scored_pool(seed=2)
+    on = ("x", "z")
+    wide, scores = propensity_neighbours(features, treated[:3], pool, on, k=4)
+    logits = np.array([scores.logit[a] for a in pool])
+    sd = logits.std(ddof=1)
+    for row in wide.iter_rows(named=True):
+        gap = abs(scores.logit[row["treated_area"]] - scores.logit[row["area_code"]]) / sd
+        assert row["distance"] == pytest.approx(gap)  # distance in SDs of the logit
+    assert wide.group_by("treated_area").len()["len"].to_list() == [4, 4, 4]
+    caliper = float(wide.group_by("treated_area").agg(pl.col("distance").min())["distance"]
+                    .max()) + 1e-9  # every site area keeps at least its nearest
+    narrow, _ = propensity_neighbours(features, treated[:3], pool, on, k=4, caliper=caliper)
+    assert narrow["distance"].max() <= caliper
+    assert narrow.height == wide.filter(pl.col("distance") <= caliper).height
+    with pytest.raises(ValueError, match="no comparison area within caliper"):
+        propensity_neighbours(features, treated[:3], pool, on, k=4, caliper=1e-9)
+    apart, _ = propensity_neighbours(features, treated[:3], pool, on, k=4, replace=False)
+    assert apart["area_code"].n_unique() == apart.height == 12
+
+
+def test_match_site_by_propensity_improves_balance():
+    from transforms.matching import match_site
+    from transforms.protocol import Comparison, Site
+
+    rng = np.random.default_rng(12)
+    areas = {"T": (9.0, 300_000)} | {
+        f"C{i:03d}": (float(rng.uniform(6, 10)), int(rng.uniform(1e5, 4e5))) for i in range(60)
+    }
+    panel = _panel(areas)
+    site = Site("s", "S", "PACS", date(2015, 3, 1), ("T",))
+    rule = Comparison("non_vanguard", 5, ("pre_rate", "log_population"), "emerg",
+                      method="propensity", caliper=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PropensityFitWarning)
+        matched, balance = match_site(panel, site, [a for a in areas if a != "T"], rule, 24)
+    assert matched["site_id"].unique().to_list() == ["s"] and matched.height <= 5
+    assert (balance["smd_after"].abs() < balance["smd_before"].abs()).all()

@@ -82,3 +82,51 @@ def test_subset_and_hash(protocol):
     assert small.sha256 == protocol.sha256 and len(protocol.sha256) == 64
     with pytest.raises(ProtocolError, match="unknown site 'nowhere'"):
         protocol.subset(["nowhere"])
+
+
+def test_comparison_defaults_to_nearest_neighbours_without_synthetic_control(protocol):
+    assert protocol.comparison.method == "nearest"
+    assert protocol.comparison.synthetic_control is False
+    bare = _text().replace('method = "nearest"', "").replace("synthetic_control = false", "")
+    parsed = parse_protocol(bare).comparison
+    assert parsed.method == "nearest" and parsed.synthetic_control is False
+
+
+def test_propensity_matching_and_synthetic_control_switches_are_read():
+    text = (_text().replace('method = "nearest"', 'method = "propensity"\ncaliper = 0.2')
+            .replace("synthetic_control = false", "synthetic_control = true"))
+    comparison = parse_protocol(text).comparison
+    assert comparison.method == "propensity" and comparison.caliper == 0.2
+    assert comparison.synthetic_control is True
+
+
+def test_unknown_matching_method_names_key_and_allowed_values():
+    text = _text().replace('method = "nearest"', 'method = "genetic"')
+    with pytest.raises(ProtocolError) as err:
+        parse_protocol(text)
+    assert ("comparison.method: 'genetic' is not allowed; allowed values: \"nearest\", "
+            "\"propensity\"") in str(err.value)
+
+
+def test_unknown_matching_feature_names_key_and_allowed_values():
+    text = _text().replace('match_on = ["pre_rate", "log_population"]',
+                           'match_on = ["pre_rate", "age"]')
+    with pytest.raises(ProtocolError) as err:
+        parse_protocol(text)
+    message = str(err.value)
+    assert "comparison.match_on[1]: 'age' is not allowed" in message
+    assert '"pre_rate", "log_population", "pre_trend", "pct_aged_65_plus", "imd_score"' in message
+
+
+def test_synthetic_control_switch_must_be_a_boolean():
+    text = _text().replace("synthetic_control = false", 'synthetic_control = "yes"')
+    with pytest.raises(ProtocolError, match=r"comparison.synthetic_control: 'yes' is not of "
+                                            r"type 'boolean'"):
+        parse_protocol(text)
+
+
+def test_metric_with_propensity_matching_is_rejected():
+    text = _text().replace('method = "nearest"',
+                           'method = "propensity"\nmetric = "mahalanobis"')
+    with pytest.raises(ProtocolError, match=r"comparison.metric: applies only to method"):
+        parse_protocol(text)

@@ -14,13 +14,15 @@ from hypothesis import strategies as st
 
 from reports import plots
 from reports.inputs import HSJ_SOURCE, claims_from_reference
-from reports.pages import page_name
+from reports.pages import event_study_figures, page_name, published_on_our_scale
 from reports.statistics import benjamini_hochberg, standardised_differences
-from reports.svg import Canvas, nice_ticks, tick_label
+from reports.svg import Canvas, nice_ticks, tick_label, wrap
 from reports.wording import (
     claim_verdict,
     evidence_rating,
     headline,
+    p_text,
+    pretrend_sentence,
     signed_pct,
 )
 
@@ -169,7 +171,10 @@ def test_charts_are_valid_svg_with_alt_text():
     figures = [
         plots.observed_vs_counterfactual([panel, panel], date(2015, 1, 1), "Site A"),
         plots.forest(rows, "Emergency admissions", "% change", "emergency admissions"),
-        plots.reference_forest(rows, "Published", "absolute change"),
+        plots.forest(rows, "With published", "% change", "emergency admissions",
+                     reference=[plots.Interval("Population-based: 1st-3rd year", -0.5, -3.8,
+                                               2.8)],
+                     note="Diamonds: published estimates converted to % of a baseline."),
         plots.love_plot([("Log population", 0.4, 0.05), ("IMD", None, None)], "Site A"),
         plots.event_study([(-2, 0.1, -0.5, 0.6), (-1, 0.0, -0.4, 0.4), (0, -3.0, -5.0, -1.0)],
                           "Emergency admissions", "Site A"),
@@ -198,3 +203,103 @@ def test_check_messages_are_published_without_data_values():
         "column `count` has 2 values below 0, first at row 5: '\u2026'; e.g. ['\u2026', '\u2026']")
     assert "A1B2C3" not in safe_message("episodes", "bad patient_id 'A1B2C3'")
     assert safe_message("aggregate", None) == ""
+
+
+def test_pretrend_sentence_is_plain_english():
+    assert pretrend_sentence(0.43) == ("Before go-live the site and its comparison areas "
+                                       "moved together (test of parallel trends p = 0.43).")
+    failed = pretrend_sentence(0.004)
+    assert "did not move together" in failed and "p = 0.004" in failed
+    assert "could not be run" in pretrend_sentence(None)
+    assert "could not be run" in pretrend_sentence(math.nan)
+    assert p_text(0.0001) == "p < 0.001"
+    assert "did not move together" in pretrend_sentence(0.04, alpha=0.05)
+    assert "moved together (" in pretrend_sentence(0.04, alpha=0.01)
+
+
+def test_wrap_breaks_at_spaces_within_the_limit():
+    text = "the quick brown fox jumps over the lazy dog " * 5
+    lines = wrap(text, 20)
+    assert " ".join(lines) == text.strip()
+    assert all(len(line) <= 20 for line in lines) and len(lines) > 5
+    assert wrap("a" * 30, 10) == ["a" * 30]
+    assert wrap("", 10) == []
+
+
+def _decoded(figure: plots.Figure) -> str:
+    return base64.b64decode(figure.src.split(",", 1)[1]).decode()
+
+
+def test_event_study_chart_marks_reference_go_live_and_the_pretrend_test():
+    points = [(-3, 1.0, -2.0, 4.0), (-2, -0.5, -3.0, 2.0), (-1, 0.0, 0.0, 0.0),
+              (0, -4.0, -7.0, -1.0), (1, -6.0, -9.0, -3.0)]
+    note = pretrend_sentence(0.43)
+    figure = plots.event_study(points, "Emergency admissions", "Site A", note=note)
+    svg = _decoded(figure)
+    assert "Go-live" in svg and "Reference (0)" in svg
+    assert "moved together" in svg  # the note is printed with the chart
+    assert '%</text>' in svg  # a % scale
+    assert "2 of 2 pre-go-live intervals include zero" in figure.alt
+    assert "2 of 2 intervals after go-live lie wholly below zero" in figure.alt
+    assert figure.alt.endswith(note)
+    # The reference quarter is an open circle without an interval, not an estimate.
+    root = _svg(figure)
+    rings = [c for c in root.iter("{http://www.w3.org/2000/svg}circle") if c.get("fill") == "#fff"]
+    assert len(rings) == 1
+
+
+def test_event_study_figures_read_the_pretrend_p_and_skip_missing_outcomes():
+    table = pl.DataFrame({
+        "site_id": ["s"] * 3, "outcome": ["emergency_admissions"] * 3, "e": [-2, -1, 0],
+        "estimate": [0.5, 0.0, -5.0], "ci_low": [-2.0, 0.0, -8.0], "ci_high": [3.0, 0.0, -2.0],
+        "p_pretrend": [0.012] * 3, "inference": ["placebo_in_space"] * 3,
+    })
+    results = [{"outcome": "emergency_admissions", "outcome_label": "Emergency admissions"},
+               {"outcome": "bed_days", "outcome_label": "Bed days"}]
+    figures = event_study_figures(table, results, "Site A")
+    assert len(figures) == 1
+    assert "did not move together (test of parallel trends p = 0.01)" in figures[0].alt
+    assert "comparable areas where nothing happened" in figures[0].alt
+    old = table.drop("p_pretrend", "inference")  # a warehouse from before the test existed
+    assert "could not be run" in event_study_figures(old, results, "Site A")[0].alt
+
+
+MORCIANO = pl.DataFrame({
+    "site_type": ["population-based", "population-based", "care home"],
+    "window": ["1st-3rd year", "3rd year", "1st-3rd year"],
+    "outcome": ["emerg_adm_rate_per_1000_month"] * 3,
+    "did_estimate": [-0.004, -0.031, -0.042], "ci95_low": [-0.032, -0.062, -0.082],
+    "ci95_high": [0.024, -0.001, -0.002], "source": ["Morciano et al. 2020"] * 3,
+})
+
+
+def test_published_estimates_are_converted_to_percent_of_our_baseline():
+    results = pl.DataFrame({
+        "outcome": ["emergency_admissions"] * 4,
+        "model_type": ["PACS", "MCP", "care-home", "care-home"],
+        "pre_rate_per_1000": [8.0, 10.0, 7.0, 7.0],
+    })
+    rows, note = published_on_our_scale(MORCIANO, results, "emergency_admissions")
+    by_label = {r.label: r for r in rows}
+    overall = by_label["Population-based (PACS, MCP): 1st-3rd year"]
+    # -0.004 per 1,000 a month on a baseline of (8 + 10) / 2 = 9 per 1,000 a month.
+    assert overall.estimate == pytest.approx(100 * -0.004 / 9)
+    assert (overall.low, overall.high) == pytest.approx((100 * -0.032 / 9, 100 * 0.024 / 9))
+    care = by_label["Care homes: 1st-3rd year"]
+    assert care.estimate == pytest.approx(100 * -0.042 / 7)
+    assert "9.00 per 1,000 a month over 2 site(s)" in note
+    assert "ignores the baseline's own uncertainty" in note
+    # Nothing to convert: an outcome Morciano did not report, or no sites of that kind.
+    assert published_on_our_scale(MORCIANO, results, "ae_attendances") == ([], "")
+    pacs_only = results.filter(pl.col("model_type") == "PACS")
+    rows, _ = published_on_our_scale(MORCIANO, pacs_only, "emergency_admissions")
+    assert {r.label.split(":")[0] for r in rows} == {"Population-based (PACS, MCP)"}
+
+
+def test_bed_days_are_rescaled_from_per_100_to_per_1000():
+    morciano = MORCIANO.with_columns(pl.lit("bed_days_rate_per_100_month").alias("outcome"))
+    results = pl.DataFrame({"outcome": ["bed_days"], "model_type": ["PACS"],
+                            "pre_rate_per_1000": [40.0]})
+    rows, note = published_on_our_scale(morciano, results, "bed_days")
+    assert rows[0].estimate == pytest.approx(100 * -0.004 * 10 / 40)
+    assert "per 100 people per month" in note

@@ -112,13 +112,11 @@ def build_warehouse(db: Path, event_study: bool = True) -> None:
                                ' "examples": ["PATIENT0001SECRET"]}]}',
                 "validated_at": datetime(2019, 6, 1, 11, 1)}])
     if event_study:
-        from reports.inputs import ensure_report_tables
-
-        ensure_report_tables(db)
         with warehouse.connect(db) as con:
             _insert(con, "event_study", [
                 {"site_id": "alpha", "outcome": "emergency_admissions", "e": e,
-                 "estimate": 0.5 * e if e >= 0 else 0.1, "ci_low": -1.0, "ci_high": 1.0}
+                 "estimate": 0.5 * e if e >= 0 else 0.1, "ci_low": -1.0, "ci_high": 1.0,
+                 "p_pretrend": 0.43, "inference": "placebo_in_space"}
                 for e in range(-4, 4)])
 
 
@@ -225,9 +223,40 @@ def test_claims_are_loaded_into_the_warehouse(rendered):
 
 def test_event_study_is_drawn_only_where_estimated(rendered):
     _, out, _ = rendered
-    assert "Event-study chart for emergency admissions at Alpha Vanguard" in _page(
-        out, "sites/alpha.html")
+    page = _page(out, "sites/alpha.html")
+    assert "Event-study chart for emergency admissions at Alpha Vanguard" in page
+    assert ("Before go-live the site and its comparison areas moved together (test of "
+            "parallel trends p = 0.43).") in page
+    charts = [base64.b64decode(src).decode() for src in
+              re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', page)]
+    event_chart = next(svg for svg in charts if "event study for Alpha Vanguard" in svg)
+    assert "Go-live" in event_chart and "parallel trends p = 0.43" in event_chart
     assert "Not yet estimated" in _page(out, "sites/beta.html")
+
+
+def test_event_study_table_from_an_older_warehouse_still_renders(tmp_path):
+    """Warehouses whose event_study table the reports created, before the pipeline wrote
+    it with its pre-trend test, gain the new columns and render."""
+    import duckdb
+
+    db = tmp_path / "w.duckdb"
+    build_warehouse(db, event_study=False)
+    with warehouse.connect(db) as con:
+        con.execute("DROP TABLE event_study")
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE event_study (site_id VARCHAR NOT NULL, outcome VARCHAR NOT "
+                "NULL, e INTEGER NOT NULL, estimate DOUBLE NOT NULL, ci_low DOUBLE NOT NULL, "
+                "ci_high DOUBLE NOT NULL)")
+    con.execute("INSERT INTO event_study VALUES ('alpha', 'emergency_admissions', -1, 0, 0, "
+                "0), ('alpha', 'emergency_admissions', 0, -3, -6, 0)")
+    con.close()
+    render_reports(db, tmp_path / "out", generated_at=GENERATED, workers=1,
+                   reference=tmp_path / "nowhere")
+    page = (tmp_path / "out" / "sites" / "alpha.html").read_text()
+    assert "Event-study chart for emergency admissions" in page
+    assert "test of parallel trends before go-live could not be run" in page
+    columns = warehouse.query(db, "DESCRIBE event_study")["column_name"].to_list()
+    assert {"p_pretrend", "inference"} <= set(columns)
 
 
 def test_untrusted_text_renders_as_text(rendered):
@@ -291,6 +320,11 @@ def test_programme_page_shows_q_values_and_published_reference(rendered):
     _, out, _ = rendered
     page = _page(out, "index.html")
     assert "Morciano et al. 2020" in page
+    # On the forest plot's % scale, against the mean pre-go-live rate of the sites here
+    # (7.0 per 1,000 a month in this warehouse): -0.004 per 1,000 is -0.06%.
+    assert "as a % of the mean pre-go-live rate" in page
+    assert "Population-based (PACS, MCP): 1st-3rd year: -0.1% (-0.5% to +0.3%)" in page
+    assert "7.00 per 1,000 a month over 1 site(s)" in page
     assert re.search(r"p 0\.010 · q 0\.020", page)  # BH over the four p-values
     assert 'href="sites/alpha.pdf"' in page and 'href="sites/beta.html"' in page
 

@@ -107,10 +107,35 @@ def _size_weighted(effects: GroupTimeEffects, cohorts: _Cohorts, sets: list[np.n
     inf = np.asarray(weight_matrix @ effects.inf)
     if not weight_influence:
         return att, inf
-    for e, cells in enumerate(sets):
-        inf[e] += _weight_influence(cohorts, effects.weights, cohorts.cell_slot[cells],
-                                    effects.att[cells])
+    inf += _weight_influences(cohorts, effects.weights,
+                              [cohorts.cell_slot[cells] for cells in sets],
+                              [effects.att[cells] for cells in sets])
     return att, inf
+
+
+def _weight_influences(cohorts: _Cohorts, weights: np.ndarray, slots: list[np.ndarray],
+                       att: list[np.ndarray]) -> np.ndarray:
+    """`_weight_influence` for many sets of effects at once, one row per set.
+
+    An event study has one set per event time; doing them together turns a few hundred
+    passes over the units into a handful of whole-array operations.
+    """
+    size = len(cohorts.values) + 1
+    att_by_cohort = np.zeros((len(slots), size))
+    count_by_cohort = np.zeros((len(slots), size))
+    total = np.empty(len(slots))
+    weighted_att = np.empty(len(slots))
+    for e, (s, a) in enumerate(zip(slots, att, strict=True)):
+        pg = cohorts.share[s]
+        total[e] = pg.sum()
+        weighted_att[e] = pg @ a
+        att_by_cohort[e] = np.bincount(s, weights=a, minlength=size)
+        count_by_cohort[e] = np.bincount(s, minlength=size)
+    # The constant terms of `_weight_influence` cancel: what is left is the unit's weight
+    # times a number per (set, cohort)
+    total, weighted_att = total[:, None], weighted_att[:, None]
+    per_cohort = att_by_cohort / total - count_by_cohort * weighted_att / total**2
+    return weights * per_cohort[:, cohorts.unit_slot]
 
 
 def simple(effects: GroupTimeEffects) -> Aggregation:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -86,6 +87,7 @@ class PreTest:
 
 
 _BY_KEY = {"group": "group", "dynamic": "e", "calendar": "time"}
+AGGREGATIONS = ("simple", "group", "dynamic", "calendar")
 
 
 def _number(value: float | None) -> float | int | None:
@@ -117,7 +119,11 @@ class CSResult:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
     def aggregate(self, kind: str) -> AggregateEffect:
-        return next(a for a in self.aggregates if a.kind == kind)
+        for agg in self.aggregates:
+            if agg.kind == kind:
+                return agg
+        raise KeyError(f"aggregation {kind!r} was not computed; this result has "
+                       f"{', '.join(a.kind for a in self.aggregates) or 'none'}")
 
     def to_dict(self) -> dict:
         """The JSON document described in docs/did-json-schema.md."""
@@ -177,16 +183,25 @@ def analytic_se(inf: np.ndarray, n_units: int, cluster: np.ndarray | None = None
 
 
 def _distinct_rows(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """First occurrence of each distinct row (exact bytes), and each row's distinct number."""
+    """One representative of each distinct row (exact values), and each row's number.
+
+    Rows are keyed by a fixed random projection, so equal rows share a key whatever their
+    number; the grouping is then checked against the rows themselves and, in the unlikely
+    event that two different rows share a key, redone by hashing each row's bytes.
+    """
+    keys = part @ np.random.default_rng(0).standard_normal(part.shape[1])
+    _, firsts, position = np.unique(keys, return_index=True, return_inverse=True)
+    if np.array_equal(part[firsts][position], part, equal_nan=True):
+        return firsts, position
     seen: dict[bytes, int] = {}
-    firsts: list[int] = []
+    first_rows: list[int] = []
     position = np.empty(len(part), dtype=int)
     for i, row in enumerate(part):
-        number = seen.setdefault(row.tobytes(), len(firsts))
-        if number == len(firsts):
-            firsts.append(i)
+        number = seen.setdefault(row.tobytes(), len(first_rows))
+        if number == len(first_rows):
+            first_rows.append(i)
         position[i] = number
-    return np.array(firsts), position
+    return np.array(first_rows), position
 
 
 def _gram(inf: np.ndarray, rows: np.ndarray, unit_blocks: list[slice]) -> np.ndarray:
@@ -197,16 +212,18 @@ def _gram(inf: np.ndarray, rows: np.ndarray, unit_blocks: list[slice]) -> np.nda
     comparison of the same two periods has the same influence function, so only distinct
     rows are multiplied (BLAS `syrk`, one triangle).
     """
+    selected = inf[rows]
     gram = np.zeros((len(rows), len(rows)))
     for block in unit_blocks:
-        part = inf[rows, block]
-        active = np.flatnonzero(np.any(part != 0, axis=1))
+        part = selected[:, block]
+        active = np.flatnonzero(np.any(part, axis=1))
         if len(active) == 0:
             continue
-        firsts, position = _distinct_rows(part[active])
-        upper = blas.dsyrk(1.0, np.asfortranarray(part[active[firsts]].T), trans=1)
+        part = part[active]
+        firsts, position = _distinct_rows(part)
+        upper = blas.dsyrk(1.0, np.asfortranarray(part[firsts].T), trans=1)
         full = np.triu(upper) + np.triu(upper, 1).T
-        gram[np.ix_(active, active)] += full[np.ix_(position, position)]
+        gram[np.ix_(active, active)] += full[position][:, position]
     return gram
 
 
@@ -279,13 +296,40 @@ def _interval(att: float, se: float, crit: float) -> tuple[float | None, float |
     return att - crit * se, att + crit * se
 
 
+def _group_time_rows(group: np.ndarray, time: np.ndarray, att: np.ndarray, se: np.ndarray,
+                     crit: float) -> list[GroupTimeATT]:
+    """One row per ATT(g,t), None where missing; the arithmetic is done on whole arrays
+    because panels with long histories have thousands of cells."""
+    finite = np.isfinite(att) & np.isfinite(se)
+    low, high = (att - crit * se).tolist(), (att + crit * se).tolist()
+    att_values = np.where(np.isfinite(att), att, np.nan).tolist()
+    se_values = np.where(np.isfinite(se), se, np.nan).tolist()
+    return [GroupTimeATT(group=g, time=t,
+                         att=a if a == a else None, se=s if s == s else None,
+                         ci_low=lo if ok else None, ci_high=hi if ok else None, post=g <= t)
+            for g, t, a, s, lo, hi, ok in zip(group.tolist(), time.tolist(), att_values,
+                                              se_values, low, high, finite.tolist(),
+                                              strict=True)]
+
+
 def _effect(label: float | None, att: float, se: float, crit: float) -> Effect:
     low, high = _interval(att, se, crit)
     return Effect(label=label, att=_estimate(att), se=_estimate(se), ci_low=low, ci_high=high)
 
 
-def estimate_panel(panel: WidePanel, options: CSOptions) -> CSResult:
-    """Callaway & Sant'Anna on a balanced estimation sample (see `estimation_sample`)."""
+def estimate_panel(panel: WidePanel, options: CSOptions,
+                   aggregations: Sequence[str] = AGGREGATIONS,
+                   pretest: bool = True) -> CSResult:
+    """Callaway & Sant'Anna on a balanced estimation sample (see `estimation_sample`).
+
+    Every aggregation and the pre-test are computed by default; a caller that needs only
+    some of them (the simple ATT, say) can skip the rest, which is most of the cost on
+    panels with many periods.
+    """
+    unknown = set(aggregations) - set(AGGREGATIONS)
+    if unknown:
+        raise DidInputError(f"unknown aggregation(s) {', '.join(sorted(unknown))}; "
+                            f"choose from {', '.join(AGGREGATIONS)}")
     plan = plan_cells(panel.times, panel.groups, options.base, options.anticipation,
                       options.control)
     estimates = group_time_effects(panel, plan, options.method)
@@ -294,8 +338,10 @@ def estimate_panel(panel: WidePanel, options: CSOptions) -> CSResult:
     if len(effects.att) == 0:
         raise DidInputError("no ATT(g,t) could be estimated; see the warnings: "
                             + "; ".join(warnings))
-    aggregates = [aggregation.simple(effects), aggregation.by_group(effects),
-                  aggregation.dynamic(effects), aggregation.calendar(effects)]
+    aggregate_by_kind = {"simple": aggregation.simple, "group": aggregation.by_group,
+                         "dynamic": aggregation.dynamic, "calendar": aggregation.calendar}
+    aggregates = [aggregate_by_kind[kind](effects) for kind in AGGREGATIONS
+                  if kind in aggregations]
 
     inf_blocks = [effects.inf]
     att_blocks = [effects.att]
@@ -310,13 +356,7 @@ def estimate_panel(panel: WidePanel, options: CSOptions) -> CSResult:
     cell_se = np.full(len(valid), np.nan)
     cell_se[valid] = families[0].se
     cell_crit = families[0].crit_val
-    att_gt = []
-    for k in range(len(valid)):
-        low, high = _interval(estimates.att[k], cell_se[k], cell_crit)
-        att_gt.append(GroupTimeATT(group=float(plan.group[k]), time=float(plan.time[k]),
-                                   att=_estimate(estimates.att[k]), se=_estimate(cell_se[k]),
-                                   ci_low=low, ci_high=high,
-                                   post=bool(plan.group[k] <= plan.time[k])))
+    att_gt = _group_time_rows(plan.group, plan.time, estimates.att, cell_se, cell_crit)
 
     results = []
     for i, agg in enumerate(aggregates):
@@ -330,17 +370,20 @@ def estimate_panel(panel: WidePanel, options: CSOptions) -> CSResult:
             crit_val_uniform=by.uniform))
 
     # R drops cells with zero analytic variance (the universal base period's own cell)
-    pre = (effects.group > effects.time) & np.isfinite(analytic_se(effects.inf, panel.n_units))
-    pretest, pretest_warnings = wald_pretest(effects.att, effects.inf, panel.n_units, pre,
-                                             [rows for _, rows in panel.cohort_blocks()])
-    warnings += pretest_warnings
+    pre_test = PreTest(wald=None, df=0, p=None)
+    if pretest:
+        pre = ((effects.group > effects.time)
+               & np.isfinite(analytic_se(effects.inf, panel.n_units)))
+        pre_test, pretest_warnings = wald_pretest(effects.att, effects.inf, panel.n_units, pre,
+                                                  [rows for _, rows in panel.cohort_blocks()])
+        warnings += pretest_warnings
     if panel.cluster is not None and not options.bootstrap:
         warnings.append("analytic standard errors are clustered by summing unit influence "
                         "functions within clusters (R `did` needs the bootstrap for this)")
     n_clusters = None if panel.cluster is None else int(np.unique(panel.cluster).size)
     for message in warnings:
         log.warning(message)
-    return CSResult(att_gt=tuple(att_gt), aggregates=tuple(results), pretest=pretest,
+    return CSResult(att_gt=tuple(att_gt), aggregates=tuple(results), pretest=pre_test,
                     n_units=panel.n_units, periods=tuple(float(t) for t in panel.times),
                     options=options, covariates=panel.covariate_names,
                     n_clusters=n_clusters, att_gt_crit_val_uniform=families[0].uniform,
@@ -348,10 +391,11 @@ def estimate_panel(panel: WidePanel, options: CSOptions) -> CSResult:
 
 
 def estimate_cs(frame: pl.DataFrame | pd.DataFrame, columns: PanelColumns,
-                options: CSOptions | None = None) -> CSResult:
+                options: CSOptions | None = None,
+                aggregations: Sequence[str] = AGGREGATIONS, pretest: bool = True) -> CSResult:
     """Check a long panel (polars or pandas), build the estimation sample and estimate."""
     options = options or CSOptions()
     table = frame if isinstance(frame, pl.DataFrame) else pl.from_pandas(frame)
     panel = estimation_sample(wide_panel(table, columns), options.control, options.anticipation)
-    result = estimate_panel(panel, options)
+    result = estimate_panel(panel, options, aggregations, pretest)
     return replace(result, weights=columns.weights, cluster=columns.cluster)

@@ -115,6 +115,13 @@ def _period_changes(y_by_period: np.ndarray, now: np.ndarray, base: np.ndarray,
     return y_by_period[now, rows] - y_by_period[base, rows]
 
 
+def _as_slice(index: np.ndarray) -> slice | np.ndarray:
+    """A run of consecutive integers as the equivalent slice; other indices unchanged."""
+    if len(index) and index[-1] - index[0] == len(index) - 1 and (np.diff(index) == 1).all():
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
+
+
 def _unconditional(panel: WidePanel, plan: CellPlan, method: str, inf: np.ndarray,
                    att: np.ndarray) -> list[str]:
     """Closed-form cells without covariates, one cohort at a time; fills `att` and `inf`.
@@ -157,12 +164,19 @@ def _unconditional(panel: WidePanel, plan: CellPlan, method: str, inf: np.ndarra
                                                  control_count, total_treated, control_total)
         mean_control[bad] = np.nan
         att[cells] = mean_treated - mean_control
+        # a cohort's cells are usually consecutive rows: write through a slice, not a gather
+        rows_out = _as_slice(cells)
         change -= mean_treated[:, None]
         change *= (n / total_treated) * w_treated
-        inf[cells, treated] = change
+        inf[rows_out, treated] = change
         for b, block_change in changes.items():
             use = members[b] & ~bad
             rows = blocks[b][1]
+            if use.all():
+                block_change -= mean_control[:, None]
+                block_change *= -n * panel.weights[rows] / control_total[:, None]
+                inf[rows_out, rows] = block_change
+                continue
             scaled = block_change[use] - mean_control[use, None]
             scaled *= -n * panel.weights[rows] / control_total[use, None]
             inf[cells[use], rows] = scaled

@@ -107,6 +107,32 @@ def _require_constant(codes: np.ndarray, values: np.ndarray, unit_ids: np.ndarra
     return first
 
 
+def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values and each row's position among them, as `np.unique`'s
+    `return_inverse`.
+
+    Unit ids and periods are usually whole numbers in a range not much wider than the
+    number of rows; a lookup table then codes every row in one pass, where `np.unique`
+    would sort them all.
+    """
+    if values.dtype.kind not in "iuf" or len(values) == 0:
+        return np.unique(values, return_inverse=True)
+    low, high = values.min(), values.max()
+    if not (np.isfinite(low) and np.isfinite(high) and high - low <= 4 * len(values)):
+        return np.unique(values, return_inverse=True)
+    offsets = values - low
+    if values.dtype.kind == "f":
+        whole = offsets.astype(np.int64)
+        if not np.array_equal(whole, offsets):
+            return np.unique(values, return_inverse=True)
+        offsets = whole
+    present = np.zeros(int(high - low) + 1, dtype=bool)
+    present[offsets] = True
+    position = np.cumsum(present) - 1
+    distinct = (np.flatnonzero(present) + low).astype(values.dtype)
+    return distinct, position[offsets]
+
+
 def _drop_incomplete_rows(frame: pl.DataFrame, columns: PanelColumns,
                           values: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
     """Mask of rows with every needed value present and finite (R `did` drops the others)."""
@@ -143,10 +169,13 @@ def wide_panel(frame: pl.DataFrame, columns: PanelColumns) -> WidePanel:
     keep, warnings = _drop_incomplete_rows(frame, columns, values)
     if not keep.any():
         raise DidInputError("no rows left after dropping rows with missing values")
-    values = {name: array[keep] for name, array in values.items()}
+    unit_values = frame[columns.unit].to_numpy()
+    if not keep.all():
+        values = {name: array[keep] for name, array in values.items()}
+        unit_values = unit_values[keep]
 
-    unit_ids, unit_codes = np.unique(frame[columns.unit].to_numpy()[keep], return_inverse=True)
-    times, time_codes = np.unique(values[columns.time], return_inverse=True)
+    unit_ids, unit_codes = _codes(unit_values)
+    times, time_codes = _codes(values[columns.time])
     n_units, n_times = len(unit_ids), len(times)
     cell = unit_codes.astype(np.int64) * n_times + time_codes
     counts = np.bincount(cell, minlength=n_units * n_times)
@@ -179,7 +208,7 @@ def wide_panel(frame: pl.DataFrame, columns: PanelColumns) -> WidePanel:
                                     "cluster")
 
     y = np.full((n_units, n_times), np.nan)
-    y[unit_codes, time_codes] = values[columns.outcome]
+    y.ravel()[cell] = values[columns.outcome]  # flat positions: one index array, not two
     covariates = None
     if columns.covariates:
         covariates = np.full((n_times, n_units, len(columns.covariates)), np.nan)
