@@ -52,9 +52,32 @@ def page_name(site_id: str) -> str:
 
 
 def with_q_values(results: pl.DataFrame) -> pl.DataFrame:
-    """Results with Benjamini-Hochberg q-values across every site and outcome."""
+    """Results with Benjamini-Hochberg q-values across every site and outcome, and each
+    design's minimum detectable effect, so a null can be read as "no effect" or "could not
+    have seen one"."""
     q = benjamini_hochberg(results["p_value"].to_list())
-    return results.with_columns(pl.Series("q_value", q, dtype=pl.Float64))
+    mde = [design_mde(row) for row in results.iter_rows(named=True)]
+    return results.with_columns(pl.Series("q_value", q, dtype=pl.Float64),
+                                pl.Series("mde_pct", mde, dtype=pl.Float64))
+
+
+def design_mde(row: dict) -> float | None:
+    """The smallest fall the site's design would detect with 80% power at 5% (two-sided),
+    from its standard error (the placebo spread under placebo inference; t on the fit's
+    degrees of freedom under cluster-robust errors)."""
+    from transforms.power import minimum_detectable_effect
+
+    se = row.get("se")
+    if not isinstance(se, int | float) or not math.isfinite(se) or se <= 0:
+        return None
+    df = row.get("df") if row.get("inference") == "cluster_robust" else None
+    return minimum_detectable_effect(float(se), ALPHA, 0.8, df or None).pct_reduction
+
+
+def _mde(value: object) -> str:
+    if not isinstance(value, int | float) or math.isnan(value):
+        return ""
+    return f"{value:.0f}%" if value >= 1 else f"{value:.1f}%"
 
 
 def _fmt_p(value: object) -> str:
@@ -329,9 +352,10 @@ def estimates_table(results: list[dict]) -> Table:
     return publish(
         frame,
         {"outcome_label": "Outcome", "pct_change": "Change vs comparison areas",
-         "ci": "95% CI", "p_value": "p", "q_value": "q", "rating": "Evidence",
+         "ci": "95% CI", "p_value": "p", "q_value": "q",
+         "mde_pct": "Smallest detectable fall", "rating": "Evidence",
          "areas": "Areas (site / comparison)"},
-        formats={"pct_change": _pct, "p_value": _fmt_p, "q_value": _fmt_p},
+        formats={"pct_change": _pct, "p_value": _fmt_p, "q_value": _fmt_p, "mde_pct": _mde},
         caption="Estimated effect of the new care model (model estimates)",
     )
 
@@ -624,7 +648,8 @@ def _findings(results: pl.DataFrame) -> list[str]:
 def _estimate_cell(row: dict) -> str:
     return (f"{wording.signed_pct(row['pct_change'])} "
             f"({wording.interval(row['pct_ci_low'], row['pct_ci_high'])})\n"
-            f"p {_fmt_p(row['p_value'])} \u00b7 q {_fmt_p(row['q_value'])}")
+            f"p {_fmt_p(row['p_value'])} \u00b7 q {_fmt_p(row['q_value'])}"
+            + (f" \u00b7 MDE {_mde(row['mde_pct'])}" if row.get("mde_pct") else ""))
 
 
 def all_estimates_table(joined: pl.DataFrame) -> Table:
@@ -635,7 +660,7 @@ def all_estimates_table(joined: pl.DataFrame) -> Table:
     outcomes = ordered.unique("outcome", maintain_order=True)
     labels = dict(zip(outcomes["outcome"], outcomes["outcome_label"], strict=True))
     cells = ordered.with_columns(
-        pl.struct("pct_change", "pct_ci_low", "pct_ci_high", "p_value", "q_value")
+        pl.struct("pct_change", "pct_ci_low", "pct_ci_high", "p_value", "q_value", "mde_pct")
         .map_elements(_estimate_cell, return_dtype=pl.String).alias("cell"))
     wide = (
         cells.pivot(on="outcome", index=["site_id", "name", "model_type"], values="cell")
@@ -653,7 +678,8 @@ def all_estimates_table(joined: pl.DataFrame) -> Table:
         {"name": "Site", "model_type": "Model"} | labels | {"pdf": "Paper"},
         links={"name": "href", "pdf": "pdf_href"},
         caption="Every site and outcome: % change against matched comparison areas (95% CI), "
-                "p, and q (Benjamini-Hochberg false discovery rate across all estimates here)",
+                "p, q (Benjamini-Hochberg false discovery rate across all estimates here) and "
+                "MDE, the smallest fall the design would detect with 80% power",
     )
 
 

@@ -23,8 +23,8 @@ class PoissonFEFit:
     iterations: int
 
 
-def _fixed_effects(y: np.ndarray, base: np.ndarray, sweeps: int = 50,
-                   tol: float = 1e-12) -> np.ndarray:
+def fixed_effects(y: np.ndarray, base: np.ndarray, sweeps: int = 50,
+                  tol: float = 1e-12) -> np.ndarray:
     """Scale `base` (exp of offset plus slope terms) by unit and time factors so that the
     fitted means match y's row and column totals: the Poisson score equations for the
     fixed effects."""
@@ -40,8 +40,8 @@ def _fixed_effects(y: np.ndarray, base: np.ndarray, sweeps: int = 50,
     return mu
 
 
-def _partial_out(x: np.ndarray, w: np.ndarray, sweeps: int = 200,
-                 tol: float = 1e-13) -> np.ndarray:
+def partial_out(x: np.ndarray, w: np.ndarray, sweeps: int = 200,
+                tol: float = 1e-13) -> np.ndarray:
     """Residual of x after weighted projection on unit and time dummies (alternating
     projections), which is what the slope's Newton step and score need."""
     r = x.copy()
@@ -65,12 +65,12 @@ def fit_poisson_fe(y: np.ndarray, log_exposure: np.ndarray, d: np.ndarray,
     d = np.asarray(d, dtype=float)
     beta = 0.0
     for iteration in range(1, max_iter + 1):
-        mu = _fixed_effects(y, exposure * np.exp(beta * d))
-        d_tilde = _partial_out(d, mu)
+        mu = fixed_effects(y, exposure * np.exp(beta * d))
+        d_tilde = partial_out(d, mu)
         step = float((d_tilde * (y - mu)).sum() / (mu * d_tilde**2).sum())
         beta += step
         if abs(step) < tol:
-            mu = _fixed_effects(y, exposure * np.exp(beta * d))
+            mu = fixed_effects(y, exposure * np.exp(beta * d))
             return PoissonFEFit(beta, mu, True, iteration)
     return PoissonFEFit(beta, mu, False, max_iter)
 
@@ -82,7 +82,7 @@ def cluster_robust_se(y: np.ndarray, fit: PoissonFEFit, d: np.ndarray) -> float:
     G / (G - 1) * (N - 1) / (N - K), K counting every fixed effect and the slope.
     """
     n_units, n_times = y.shape
-    d_tilde = _partial_out(np.asarray(d, dtype=float), fit.mu)
+    d_tilde = partial_out(np.asarray(d, dtype=float), fit.mu)
     bread = float((fit.mu * d_tilde**2).sum())
     scores = (d_tilde * (y - fit.mu)).sum(axis=1)
     n_obs, k = y.size, n_units + n_times  # units + (times - 1) + slope
@@ -98,6 +98,6 @@ def robust_se(y: np.ndarray, fit: PoissonFEFit, d: np.ndarray) -> float:
     the estimate), and it scales with each area's own noise, which is larger in small
     areas and, where the effect lowers counts, after go-live.
     """
-    d_tilde = _partial_out(np.asarray(d, dtype=float), fit.mu)
+    d_tilde = partial_out(np.asarray(d, dtype=float), fit.mu)
     bread = float((fit.mu * d_tilde**2).sum())
     return float(np.sqrt(((d_tilde * (y - fit.mu)) ** 2).sum()) / bread)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms.poisson_fe import _fixed_effects, _partial_out
+from transforms.poisson_fe import fixed_effects, partial_out
 
 #: Fewer clusters than this get Webb's six-point weights (Webb 2014, "Reworking wild
 #: bootstrap based inference for clustered errors"): Rademacher gives too few distinct draws.
@@ -70,8 +70,8 @@ def restricted_scores(y: np.ndarray, log_exposure: np.ndarray, d: np.ndarray,
     The fixed effects are refitted under the null, and D is partialled out of them with
     the fitted means as weights, so the scores are free of the nuisance parameters.
     """
-    mu = _fixed_effects(y, np.exp(log_exposure + b * d))
-    d_tilde = _partial_out(d, mu)
+    mu = fixed_effects(y, np.exp(log_exposure + b * d))
+    d_tilde = partial_out(d, mu)
     return (d_tilde * (y - mu)).sum(axis=1)
 
 

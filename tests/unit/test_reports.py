@@ -303,3 +303,19 @@ def test_bed_days_are_rescaled_from_per_100_to_per_1000():
     rows, note = published_on_our_scale(morciano, results, "bed_days")
     assert rows[0].estimate == pytest.approx(100 * -0.004 * 10 / 40)
     assert "per 100 people per month" in note
+
+
+def test_design_mde_reads_the_standard_error_the_inference_used():
+    from reports.pages import design_mde, with_q_values
+
+    # (1.960 + 0.842) x 0.1 = 0.2802 on the log scale: 1 - exp(-0.2802) = 24.4% (Bloom 1995)
+    placebo = {"se": 0.1, "df": 5, "inference": "placebo_in_space"}
+    assert design_mde(placebo) == pytest.approx(24.43, abs=0.01)
+    # Cluster-robust intervals use t on the fit's df, so the MDE widens with few clusters.
+    assert design_mde(placebo | {"inference": "cluster_robust"}) > design_mde(placebo) + 5
+    assert design_mde({"se": float("nan"), "df": 5, "inference": "cluster_robust"}) is None
+    results = pl.DataFrame({"p_value": [0.01, 0.5], "se": [0.1, 0.2], "df": [5, 5],
+                            "inference": ["placebo_in_space"] * 2})
+    out = with_q_values(results)
+    assert out["mde_pct"].to_list()[0] == pytest.approx(24.43, abs=0.01)
+    assert out["mde_pct"][1] > out["mde_pct"][0]
