@@ -119,6 +119,7 @@ class ReportData:
     event_study: pl.DataFrame
     morciano: pl.DataFrame
     claim_checks: pl.DataFrame = field(default_factory=pl.DataFrame)
+    run_steps: pl.DataFrame = field(default_factory=pl.DataFrame)
 
 
 QUERIES = {
@@ -144,6 +145,13 @@ QUERIES = {
     "claims": "SELECT * FROM claims ORDER BY site_id, outcome",
     "event_study": "SELECT * FROM event_study ORDER BY site_id, outcome, e",
     "claim_checks": "SELECT * FROM claim_checks ORDER BY site_id, claim",
+    # The latest run's final attempt at each step and item (transforms/runlog.py).
+    "run_steps": (
+        "SELECT task, item, status, attempt, message FROM run_log "
+        "WHERE run_id = (SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1) "
+        "QUALIFY row_number() OVER (PARTITION BY task, item "
+        "ORDER BY attempt DESC, logged_at DESC) = 1 ORDER BY task, item"
+    ),
 }
 
 

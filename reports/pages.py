@@ -189,10 +189,36 @@ class Quality:
     files: Table
     refused: Table | None
     failures: Table | None
+    steps: Table | None = None
+
+
+def failed_steps_table(run_steps: pl.DataFrame) -> Table | None:
+    """Pipeline steps whose last attempt in the latest run failed (the run log), so a
+    reader knows which results were not refreshed. A refused file's reason is in the files
+    tables, where it is made fit to publish; here it is only pointed to."""
+    if not run_steps.height or "status" not in run_steps.columns:
+        return None
+    failed = run_steps.filter(pl.col("status") == "failed")
+    if not failed.height:
+        return None
+    frame = failed.with_columns(
+        pl.col("item").fill_null(""),
+        pl.struct("task", "message").map_elements(
+            lambda r: ("The file was refused; see the files tables."
+                       if r["task"] == "ingest" else safe_message(None, r["message"])),
+            return_dtype=pl.String).alias("reason"),
+    )
+    return publish(
+        frame,
+        {"task": "Step", "item": "Site or source", "attempt": "Attempts",
+         "reason": "Why it failed"},
+        caption="Pipeline steps that failed in the latest run (their earlier results stand)",
+    )
 
 
 def data_quality(files: pl.DataFrame, validations: pl.DataFrame, scope: str,
-                 site_ids: Sequence[str] | None = None) -> Quality:
+                 site_ids: Sequence[str] | None = None,
+                 run_steps: pl.DataFrame | None = None) -> Quality:
     """Files received and refused, and the checks that failed: for one site file by file,
     or for the programme (given every site id) source by source."""
     by_source = site_ids is not None
@@ -222,7 +248,14 @@ def data_quality(files: pl.DataFrame, validations: pl.DataFrame, scope: str,
     ) if failures.height else None
     table = (sources_table(files, validations, site_ids) if site_ids is not None
              else files_table(files, validations))
-    return Quality(sentence, table, refused_table, failure_table)
+    steps = failed_steps_table(run_steps) if run_steps is not None else None
+    return Quality(sentence, table, refused_table, failure_table, steps)
+
+
+def _steps_for(run_steps: pl.DataFrame, site_id: str) -> pl.DataFrame:
+    if not run_steps.height or "item" not in run_steps.columns:
+        return run_steps
+    return run_steps.filter(pl.col("item") == site_id)
 
 
 # -- a site's page --------------------------------------------------------------------
@@ -542,7 +575,7 @@ def site_page(data: ReportData, site: dict, results: pl.DataFrame, features: pl.
     love, balance_table = balance(data, site, rows, features, pool)
     quality = data_quality(data.files.filter(pl.col("source_id") == site_id),
                            data.validations.filter(pl.col("source_id") == site_id),
-                           "this site")
+                           "this site", run_steps=_steps_for(data.run_steps, site_id))
     return SitePage(
         site=site, model_type=wording.describe_model_type(site["model_type"]),
         page=page_name(site_id), results=rows, primary=rows[0] if rows else None,
@@ -709,7 +742,8 @@ def programme_page(data: ReportData, results: pl.DataFrame) -> ProgrammePage:
         findings=_findings(joined) if joined.height else [],
         forests=forests, table=table,
         quality=data_quality(data.files, data.validations, "all sources",
-                             site_ids=data.sites["site_id"].to_list()),
+                             site_ids=data.sites["site_id"].to_list(),
+                             run_steps=data.run_steps),
         reference_source=sources[0] if sources else "", run=data.run,
         methods=methods(_rated(joined) if joined.height else [], data.run),
     )

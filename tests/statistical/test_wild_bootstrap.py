@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from transforms.estimators import fit_poisson_did, wide
-from transforms.poisson_fe import _partial_out, fit_poisson_fe
+from transforms.poisson_fe import fit_poisson_fe, partial_out
 from transforms.simulation import simulate_panel
 from transforms.wild_bootstrap import (
     bootstrap_weights,
@@ -56,7 +56,7 @@ def test_scores_at_the_estimate_sum_to_zero_and_give_the_statsmodels_sandwich():
     scores = restricted_scores(y, log_e, d, fit.beta)
     assert abs(scores.sum()) < 1e-6 * np.abs(scores).sum()  # the slope's score equation
     assert score_test(scores, bootstrap_weights(14, 999, "rademacher", 0)).p_value == 1.0
-    bread = float((fit.mu * _partial_out(d, fit.mu) ** 2).sum())
+    bread = float((fit.mu * partial_out(d, fit.mu) ** 2).sum())
     g, n, k = y.shape[0], y.size, y.shape[0] + y.shape[1]
     sandwich = math.sqrt(g / (g - 1) * (n - 1) / (n - k) * (scores**2).sum()) / bread
     # statsmodels GLM(..., cov_type="cluster") through fit_poisson_did

@@ -319,3 +319,36 @@ def test_design_mde_reads_the_standard_error_the_inference_used():
     out = with_q_values(results)
     assert out["mde_pct"].to_list()[0] == pytest.approx(24.43, abs=0.01)
     assert out["mde_pct"][1] > out["mde_pct"][0]
+
+
+def test_failed_steps_of_the_latest_run_are_listed_and_fit_to_publish():
+    from reports.pages import data_quality, failed_steps_table
+
+    steps = pl.DataFrame({
+        "task": ["ingest", "fit", "fit"],
+        "item": ["south-somerset", "dudley", "wirral"],
+        "status": ["failed", "failed", "success"],
+        "attempt": [1, 3, 1],
+        "message": ["episodes.csv row 4: patient_id '0123456789ABCDEF' is duplicated",
+                    "dudley: no comparison areas with count '3' in month", None],
+    })
+    table = failed_steps_table(steps)
+    assert table is not None
+    text = " ".join(cell.text for row in table.rows for cell in row)
+    assert "0123456789ABCDEF" not in text  # a refusal reason is only pointed to
+    assert "see the files tables" in text
+    assert "'3'" not in text and "dudley" in text  # quoted values are blanked out
+    assert "wirral" not in text  # steps that succeeded are not listed
+    assert failed_steps_table(steps.filter(pl.col("status") == "success")) is None
+    assert failed_steps_table(pl.DataFrame()) is None
+    files = pl.DataFrame(schema={"event_id": pl.Int64, "source_id": pl.String,
+                                 "file": pl.String, "extract_date": pl.Date,
+                                 "kind": pl.String, "rows_received": pl.Int64,
+                                 "rows_loaded": pl.Int64, "rows_quarantined": pl.Int64,
+                                 "status": pl.String, "message": pl.String})
+    validations = pl.DataFrame(schema={"event_id": pl.Int64, "suite": pl.String,
+                                       "success": pl.Boolean, "evaluated": pl.Int64,
+                                       "result_json": pl.String, "source_id": pl.String,
+                                       "kind": pl.String, "file": pl.String})
+    quality = data_quality(files, validations, "this site", run_steps=steps)
+    assert quality.steps is not None and len(quality.steps.rows) == 2
