@@ -219,29 +219,6 @@ def studentising_se(y: np.ndarray, fit: PoissonFEFit, d: np.ndarray, k: int) -> 
     return cluster_robust_se(y, fit, d) if k >= 2 else robust_se(y, fit, d)
 
 
-def placebo_estimates(
-    y: np.ndarray,
-    log_exposure: np.ndarray,
-    post: np.ndarray,
-    k: int,
-    controls: list[int],
-    donors: list[int],
-    max_draws: int = 400,
-    seed: int = 0,
-) -> np.ndarray:
-    """The DiD estimate for placebo sets of k donor rows (see `placebo_statistics`)."""
-    estimates = []
-    for chosen in placebo_sets(donors, k, max_draws, seed):
-        rest = [c for c in controls if c not in chosen]
-        if len(rest) < 2:
-            continue
-        rows = list(chosen) + rest
-        d = np.zeros((len(rows), y.shape[1]))
-        d[: len(chosen)] = post
-        estimates.append(fit_poisson_fe(y[rows], log_exposure[rows], d).beta)
-    return np.asarray(estimates)
-
-
 @dataclass(frozen=True)
 class PlaceboInference:
     se: float

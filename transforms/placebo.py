@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from transforms.argtypes import whole_number
 from transforms.months import add_months
 
 if TYPE_CHECKING:
@@ -395,14 +396,7 @@ def summarise(results: Sequence[DrawResult], design: PlaceboDesign, *, draws_req
 # -- command line ---------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
+positive = whole_number(1)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -427,18 +421,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--filter", metavar="COL=VALUE",
                         help="keep rows where COL equals VALUE (default: type=1 when the "
                              "panel has a `type` column)")
-    parser.add_argument("--draws", type=_positive_int, default=500,
+    parser.add_argument("--draws", type=positive, default=500,
                         help="fake sites to draw (default: 500)")
-    parser.add_argument("--treated", type=_positive_int, default=defaults.treated,
+    parser.add_argument("--treated", type=positive, default=defaults.treated,
                         help="units per fake site (default: 1)")
     parser.add_argument("--seed", type=int, default=2015, help="random seed (default: 2015)")
-    parser.add_argument("--min-pre", type=_positive_int, default=defaults.min_pre,
+    parser.add_argument("--min-pre", type=positive, default=defaults.min_pre,
                         help="fewest periods before go-live (default: 6)")
-    parser.add_argument("--min-post", type=_positive_int, default=defaults.min_post,
+    parser.add_argument("--min-post", type=positive, default=defaults.min_post,
                         help="fewest periods from go-live (default: 6)")
-    parser.add_argument("--matches", type=_positive_int, default=defaults.matches_per_area,
+    parser.add_argument("--matches", type=positive, default=defaults.matches_per_area,
                         help="matched comparators per treated unit (default: 5)")
-    parser.add_argument("--donors", type=_positive_int, default=defaults.placebo_donors,
+    parser.add_argument("--donors", type=positive, default=defaults.placebo_donors,
                         help="nearest units offered as placebo donors (default: 40)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run_placebo)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from transforms.argtypes import whole_number
 from transforms.did.options import (
     BASES,
     CONTROLS,
@@ -31,14 +32,7 @@ if TYPE_CHECKING:
 
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+non_negative = whole_number(0)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -61,7 +55,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         help="never-treated or not-yet-treated controls (default: never)")
     parser.add_argument("--base", choices=BASES, default="varying",
                         help="base period for pre-treatment ATTs (default: varying)")
-    parser.add_argument("--anticipation", type=_non_negative_int, default=0, metavar="K",
+    parser.add_argument("--anticipation", type=non_negative, default=0, metavar="K",
                         help="periods of anticipation before treatment (default: 0)")
     parser.add_argument("--covariates", default="", metavar="C1,C2",
                         help="comma-separated covariate columns")
@@ -70,7 +64,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                              "probability weighting or doubly robust (default: dr)")
     parser.add_argument("--weights", metavar="COL", help="sampling weights, constant per unit")
     parser.add_argument("--cluster", metavar="COL", help="cluster column, constant per unit")
-    parser.add_argument("--bootstrap", type=_non_negative_int, default=0, metavar="N",
+    parser.add_argument("--bootstrap", type=non_negative, default=0, metavar="N",
                         help="multiplier bootstrap draws (default: 0 = analytic SEs)")
     parser.add_argument("--multiplier", choices=MULTIPLIERS, default="rademacher",
                         help="bootstrap multiplier weights (default: rademacher)")
